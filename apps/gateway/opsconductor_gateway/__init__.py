@@ -1,0 +1,1 @@
+"""OpsConductor gateway service."""

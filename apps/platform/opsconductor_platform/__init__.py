@@ -1,0 +1,1 @@
+"""Composition root: every app in one process, and the opsconductor CLI."""

@@ -1,0 +1,1 @@
+"""OpsConductor users service."""

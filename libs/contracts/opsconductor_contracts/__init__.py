@@ -1,0 +1,1 @@
+"""Cross-service contract: names, envelopes, payloads and typed clients."""

@@ -1,0 +1,18 @@
+"""Dapr component names; each matches one file under components/ (or its Redis/RabbitMQ twin)."""
+
+# components/pubsub-*/pubsub.yaml — the one pub/sub component, RabbitMQ or Redis Streams.
+PUBSUB = "pubsub"
+# components/statestore.yaml — token deny-list, rate-limit counters, leases.
+STATE_STORE = "statestore"
+# components/secretstore.yaml — JWT signing key, credential master key.
+SECRET_STORE = "secretstore"
+# components/housekeeping.yaml — cron input binding: purge expired tokens and counters.
+HOUSEKEEPING_BINDING = "housekeeping"
+
+# Secret names inside SECRET_STORE.
+JWT_SIGNING_KEY_SECRET = "jwt-signing-key"
+CREDENTIAL_MASTER_KEY_SECRET = "credential-master-key"
+
+# State key prefixes inside STATE_STORE (the store is shared: keyPrefix none).
+REVOKED_JTI_PREFIX = "revoked-jti:"
+RATE_LIMIT_PREFIX = "ratelimit:"

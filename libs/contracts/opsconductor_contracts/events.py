@@ -1,0 +1,65 @@
+"""Event payload schemas (the `data` of each CloudEvent). Never a secret in any of them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+
+
+class UserCreated(BaseModel):
+    user_id: str
+    username: str
+    roles: list[str]
+
+
+class UserUpdated(BaseModel):
+    user_id: str
+    username: str
+    changed: list[str]
+    active: bool
+    # True when existing sessions must end (disabled, password changed, roles reduced).
+    sessions_revoked: bool = False
+
+
+class UserDeleted(BaseModel):
+    user_id: str
+    username: str
+
+
+class RoleChanged(BaseModel):
+    role_id: str
+    name: str
+    change: str  # created | updated | deleted | granted | revoked
+    permissions: list[str] = []
+    user_id: str | None = None
+
+
+class UserActive(BaseModel):
+    user_id: str
+    at: datetime
+
+
+class LoginSucceeded(BaseModel):
+    user_id: str
+    username: str
+    at: datetime
+    client_address: str | None = None
+
+
+class LoginFailed(BaseModel):
+    username: str
+    reason: str
+    client_address: str | None = None
+
+
+class ApiTokenChanged(BaseModel):
+    token_id: str
+    user_id: str
+    name: str
+
+
+class SessionRevoked(BaseModel):
+    user_id: str
+    family_id: str | None = None
+    reason: str

@@ -1,0 +1,33 @@
+"""Permission strings and the built-in roles (API.md)."""
+
+USERS_READ = "users:read"
+USERS_WRITE = "users:write"
+ROLES_WRITE = "roles:write"
+TARGETS_READ = "targets:read"
+TARGETS_WRITE = "targets:write"
+CREDENTIALS_WRITE = "credentials:write"
+JOBS_READ = "jobs:read"
+JOBS_WRITE = "jobs:write"
+JOBS_RUN = "jobs:run"
+JOBS_APPROVE_DANGEROUS = "jobs:approve_dangerous"
+EXECUTIONS_READ = "executions:read"
+EXECUTIONS_CANCEL = "executions:cancel"
+SCHEDULES_READ = "schedules:read"
+SCHEDULES_WRITE = "schedules:write"
+AUDIT_READ = "audit:read"
+AUDIT_EXPORT = "audit:export"
+
+ALL_PERMISSIONS: tuple[str, ...] = (
+    USERS_READ, USERS_WRITE, ROLES_WRITE, TARGETS_READ, TARGETS_WRITE, CREDENTIALS_WRITE,
+    JOBS_READ, JOBS_WRITE, JOBS_RUN, JOBS_APPROVE_DANGEROUS, EXECUTIONS_READ, EXECUTIONS_CANCEL,
+    SCHEDULES_READ, SCHEDULES_WRITE, AUDIT_READ, AUDIT_EXPORT,
+)
+
+BUILTIN_ROLES: dict[str, tuple[str, ...]] = {
+    "admin": ALL_PERMISSIONS,
+    "operator": (TARGETS_READ, TARGETS_WRITE, CREDENTIALS_WRITE, JOBS_READ, JOBS_WRITE, JOBS_RUN,
+                 EXECUTIONS_READ, EXECUTIONS_CANCEL, SCHEDULES_READ, SCHEDULES_WRITE),
+    "viewer": (TARGETS_READ, JOBS_READ, EXECUTIONS_READ, SCHEDULES_READ),
+    "auditor": (AUDIT_READ, AUDIT_EXPORT, USERS_READ, TARGETS_READ, JOBS_READ, EXECUTIONS_READ,
+                SCHEDULES_READ),
+}

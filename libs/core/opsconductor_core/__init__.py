@@ -1,0 +1,3 @@
+"""Shared ground for every OpsConductor service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,149 @@
+"""The app factory every service uses: problem+json, context, size cap, health, readiness, metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from opsconductor_core import __version__
+from opsconductor_core.context import (
+    CORRELATION_HEADER,
+    TRACEPARENT_HEADER,
+    accept_correlation_id,
+    accept_traceparent,
+    correlation_id_var,
+    traceparent_var,
+)
+from opsconductor_core.problems import install_problem_handlers, problem_response
+from opsconductor_core.settings import PlatformSettings
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class EdgeMiddleware:
+    """One pure-ASGI layer (cheap on the hot path): correlation id, traceparent, body cap, metrics."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, requests: Counter,
+                 latency: Histogram) -> None:
+        self.app = app
+        self.max_body = max_body_bytes
+        self.requests = requests
+        self.latency = latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        cid = accept_correlation_id(headers.get(CORRELATION_HEADER.lower()))
+        tp = accept_traceparent(headers.get(TRACEPARENT_HEADER))
+        cid_token = correlation_id_var.set(cid)
+        tp_token = traceparent_var.set(tp)
+        started = time.perf_counter()
+        status_holder = {"status": 500}
+
+        async def send_with_context(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                raw = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-correlation-id"]
+                raw.append((b"x-correlation-id", cid.encode()))
+                message["headers"] = raw
+            await send(message)
+
+        try:
+            declared = headers.get("content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+                await self._reject_large(scope, receive, send_with_context)
+                return
+            seen = 0
+
+            async def capped_receive() -> Message:
+                nonlocal seen
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen += len(message.get("body", b""))
+                    if seen > self.max_body:
+                        raise _BodyTooLarge()
+                return message
+
+            try:
+                await self.app(scope, capped_receive, send_with_context)
+            except _BodyTooLarge:
+                await self._reject_large(scope, receive, send_with_context)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            self.requests.labels(scope["method"], template, str(status_holder["status"])).inc()
+            self.latency.labels(scope["method"], template).observe(time.perf_counter() - started)
+            correlation_id_var.reset(cid_token)
+            traceparent_var.reset(tp_token)
+
+    async def _reject_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(413, "Payload too large",
+                                    f"The request body exceeds {self.max_body} bytes",
+                                    slug="payload-too-large")
+        await response(scope, receive, send)
+
+
+def create_service_app(
+    name: str,
+    settings: PlatformSettings,
+    *,
+    routers: Sequence[APIRouter] = (),
+    lifespan: Lifespan | None = None,
+    readiness: Sequence[ReadinessCheck] = (),
+    description: str = "",
+) -> FastAPI:
+    app = FastAPI(title=f"OpsConductor {name}", version=__version__, description=description,
+                  lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.service_name = name
+    app.state.readiness_checks = list(readiness)
+    install_problem_handlers(app)
+
+    registry = CollectorRegistry(auto_describe=True)
+    requests = Counter("http_requests", "HTTP requests handled", ["method", "route", "status"],
+                       registry=registry)
+    latency = Histogram("http_request_duration_seconds", "HTTP request latency",
+                        ["method", "route"], registry=registry)
+    app.state.metrics_registry = registry
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "service": name, "version": __version__}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> Response:
+        failures: dict[str, str] = {}
+        for check in request.app.state.readiness_checks:
+            try:
+                await check()
+            except Exception as exc:
+                failures[getattr(check, "__name__", "check")] = type(exc).__name__
+        if failures:
+            return JSONResponse({"status": "unavailable", "service": name, "failures": failures},
+                                status_code=503)
+        return JSONResponse({"status": "ready", "service": name})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(request.app.state.metrics_registry),
+                        media_type=CONTENT_TYPE_LATEST)
+
+    for router in routers:
+        app.include_router(router)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes,
+                       requests=requests, latency=latency)
+    return app
+

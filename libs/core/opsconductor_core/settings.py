@@ -1,0 +1,46 @@
+"""Settings base: every service reads its own `OPSC_<SVC>_*` variables plus the shared `OPSC_*` ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_MARKERS = ("change-me", "changeme", "placeholder")
+
+
+class PlatformSettings(BaseSettings):
+    """Values every service shares (env prefix `OPSC_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="OPSC_", extra="ignore")
+
+    profile: Literal["dev", "prod"] = "dev"
+    data_dir: Path = Path(".data")
+    runtime: Literal["embedded", "dapr"] = "embedded"
+    jwt_issuer: str = "opsconductor"
+    jwt_audience: str = "opsconductor-api"
+    log_level: str = "INFO"
+    max_body_bytes: int = 1_048_576
+
+
+class BaseServiceSettings(PlatformSettings):
+    """Base for `Settings` in each app; subclasses set `env_prefix="OPSC_<SVC>_"`."""
+
+    database_url: str = ""
+    app_api_token: str | None = Field(default=None, repr=False)
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> BaseServiceSettings:
+        if self.profile == "prod":
+            for name, value in self:
+                if isinstance(value, str) and any(m in value.lower() for m in PLACEHOLDER_MARKERS):
+                    raise ValueError(f"{name} holds a placeholder value; refusing to start in prod")
+        return self
+
+    def sqlite_url(self, service: str) -> str:
+        return f"sqlite+aiosqlite:///{(self.data_dir / f'{service}.db').resolve()}"
+
+    def effective_database_url(self, service: str) -> str:
+        return self.database_url or self.sqlite_url(service)

@@ -1,0 +1,20 @@
+"""FastAPI dependency for the request's transaction: `session: Session`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from opsconductor_db.database import ServiceDatabase
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    db: ServiceDatabase = request.app.state.db
+    async with db.transaction() as session:
+        yield session
+
+
+Session = Annotated[AsyncSession, Depends(get_session)]

@@ -1,0 +1,40 @@
+"""The lifespan every service shares: migrate, start the outbox relay, stop cleanly."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from sqlalchemy import Table
+
+from opsconductor_db.database import ServiceDatabase
+from opsconductor_db.migrations import upgrade_async
+from opsconductor_runtime.interface import Runtime
+from opsconductor_runtime.outbox import OutboxRelay
+
+log = logging.getLogger("opsconductor.service")
+
+
+@asynccontextmanager
+async def service_lifespan(
+    *,
+    db: ServiceDatabase,
+    runtime: Runtime,
+    outbox: Table,
+    pubsub: str,
+    migrations_dir: Path,
+    migrate: bool = True,
+    outbox_paused: bool = False,
+) -> AsyncIterator[OutboxRelay]:
+    if migrate:
+        await upgrade_async(db.url, migrations_dir)
+    relay = OutboxRelay(db, outbox, runtime, pubsub, paused=outbox_paused)
+    relay.start()
+    log.info("service started", extra={"app_id": runtime.app_id})
+    try:
+        yield relay
+    finally:
+        await relay.stop()
+        await db.dispose()

@@ -1,0 +1,1 @@
+"""Pytest plugin loaded for the whole suite (see pyproject addopts)."""
