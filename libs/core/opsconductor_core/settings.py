@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 PLACEHOLDER_MARKERS = ("change-me", "changeme", "placeholder")
 
@@ -23,13 +29,38 @@ class PlatformSettings(BaseSettings):
     jwt_audience: str = "opsconductor-api"
     log_level: str = "INFO"
     max_body_bytes: int = 1_048_576
+    # Maintenance switch: events stay in each service's outbox until publishing resumes.
+    outbox_paused: bool = False
+
+
+class _SharedEnvSource(EnvSettingsSource):
+    """The shared `OPSC_*` values (data dir, profile, issuer...) reach every service."""
+
+    def __call__(self) -> dict[str, Any]:
+        shared = PlatformSettings.model_fields
+        return {k: v for k, v in super().__call__().items() if k in shared}
 
 
 class BaseServiceSettings(PlatformSettings):
-    """Base for `Settings` in each app; subclasses set `env_prefix="OPSC_<SVC>_"`."""
+    """Base for `Settings` in each app; subclasses set `env_prefix="OPSC_<SVC>_"`.
+
+    A service-prefixed variable wins over the shared one (`OPSC_USERS_LOG_LEVEL` over
+    `OPSC_LOG_LEVEL`)."""
 
     database_url: str = ""
     app_api_token: str | None = Field(default=None, repr=False)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        shared = _SharedEnvSource(settings_cls, env_prefix="OPSC_")
+        return init_settings, env_settings, shared, dotenv_settings, file_secret_settings
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> BaseServiceSettings:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import Table
 
+from opsconductor_core.settings import PlatformSettings
 from opsconductor_db.database import ServiceDatabase
 from opsconductor_db.migrations import upgrade_async
 from opsconductor_runtime.interface import Runtime
@@ -26,10 +27,12 @@ async def service_lifespan(
     pubsub: str,
     migrations_dir: Path,
     migrate: bool = True,
-    outbox_paused: bool = False,
+    outbox_paused: bool | None = None,
 ) -> AsyncIterator[OutboxRelay]:
     if migrate:
         await upgrade_async(db.url, migrations_dir)
+    if outbox_paused is None:
+        outbox_paused = PlatformSettings().outbox_paused
     relay = OutboxRelay(db, outbox, runtime, pubsub, paused=outbox_paused)
     relay.start()
     log.info("service started", extra={"app_id": runtime.app_id})

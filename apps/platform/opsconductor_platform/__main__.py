@@ -1,0 +1,3 @@
+from opsconductor_platform.cli import app
+
+app()
