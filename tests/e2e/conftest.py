@@ -5,9 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from opsconductor_testing.platform import RunningPlatform, free_port
-
-from opsconductor_testing.platform import ADMIN_PASSWORD
+from opsconductor_testing.platform import ADMIN_PASSWORD, RunningPlatform, free_port
 
 
 @pytest.fixture

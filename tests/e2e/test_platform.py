@@ -10,8 +10,7 @@ import uuid
 
 import httpx
 
-from opsconductor_testing.platform import RunningPlatform
-from opsconductor_testing.platform import ADMIN_PASSWORD
+from opsconductor_testing.platform import ADMIN_PASSWORD, RunningPlatform
 
 OPERATOR_PASSWORD = "operator-password-0001"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +22,7 @@ app.add_typer(admin_app, name="admin")
 app.add_typer(keys_app, name="keys")
 
 
-class RuntimeMode(str, Enum):
+class RuntimeMode(StrEnum):
     embedded = "embedded"
     dapr = "dapr"
 

@@ -34,7 +34,7 @@ async def serve_embedded(host: str, port: int, data_dir: Path) -> None:
                                 access_log=False, server_header=False, proxy_headers=False)
         server = PlatformServer(config)
         serving = asyncio.create_task(server.serve())
-        while not server.started and not serving.done():
+        while not server.started and not serving.done():  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
             await asyncio.sleep(0.05)
         if server.started:
             display_host = f"[{host}]" if ":" in host else host

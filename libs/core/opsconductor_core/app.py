@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -9,7 +10,13 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from opsconductor_core import __version__
@@ -23,6 +30,8 @@ from opsconductor_core.context import (
 )
 from opsconductor_core.problems import install_problem_handlers, problem_response
 from opsconductor_core.settings import PlatformSettings
+
+log = logging.getLogger("opsconductor.app")
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -53,9 +62,12 @@ class EdgeMiddleware:
         tp_token = traceparent_var.set(tp)
         started = time.perf_counter()
         status_holder = {"status": 500}
+        response_started = False
 
         async def send_with_context(message: Message) -> None:
+            nonlocal response_started
             if message["type"] == "http.response.start":
+                response_started = True
                 status_holder["status"] = message["status"]
                 raw = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-correlation-id"]
                 raw.append((b"x-correlation-id", cid.encode()))
@@ -68,19 +80,38 @@ class EdgeMiddleware:
                 await self._reject_large(scope, receive, send_with_context)
                 return
             seen = 0
+            cut_off = False
 
             async def capped_receive() -> Message:
-                nonlocal seen
+                nonlocal seen, cut_off
                 message = await receive()
                 if message["type"] == "http.request":
                     seen += len(message.get("body", b""))
                     if seen > self.max_body:
+                        cut_off = True
                         raise _BodyTooLarge()
                 return message
 
+            async def send_unless_cut_off(message: Message) -> None:
+                # FastAPI turns the failed body read into its own 400; the caller gets our 413.
+                if not (cut_off and not response_started):
+                    await send_with_context(message)
+
             try:
-                await self.app(scope, capped_receive, send_with_context)
-            except _BodyTooLarge:
+                await self.app(scope, capped_receive, send_unless_cut_off)
+            except Exception:
+                if response_started:
+                    raise
+                if not cut_off:
+                    # Rendered here, inside the request's context, so the 500 and its log line
+                    # carry the correlation id (the outermost error middleware sees neither).
+                    log.exception("unhandled error", extra={"path": scope.get("path")})
+                    await problem_response(
+                        500, "Internal error", "The server could not complete the request",
+                        slug="internal", instance=scope.get("path"),
+                    )(scope, receive, send_with_context)
+                    return
+            if cut_off and not response_started:
                 await self._reject_large(scope, receive, send_with_context)
         finally:
             route = scope.get("route")
@@ -105,7 +136,11 @@ def create_service_app(
     lifespan: Lifespan | None = None,
     readiness: Sequence[ReadinessCheck] = (),
     description: str = "",
+    health: Callable[..., Awaitable[Any]] | None = None,
+    ready: Callable[..., Awaitable[Any]] | None = None,
 ) -> FastAPI:
+    """`health` / `ready`, when given, are endpoints that replace the default /healthz and
+    /readyz (the gateway aggregates its services' health there)."""
     app = FastAPI(title=f"OpsConductor {name}", version=__version__, description=description,
                   lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.service_name = name
@@ -119,11 +154,9 @@ def create_service_app(
                         ["method", "route"], registry=registry)
     app.state.metrics_registry = registry
 
-    @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "service": name, "version": __version__}
 
-    @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> Response:
         failures: dict[str, str] = {}
         for check in request.app.state.readiness_checks:
@@ -135,6 +168,9 @@ def create_service_app(
             return JSONResponse({"status": "unavailable", "service": name, "failures": failures},
                                 status_code=503)
         return JSONResponse({"status": "ready", "service": name})
+
+    app.add_api_route("/healthz", health or healthz, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/readyz", ready or readyz, methods=["GET"], include_in_schema=False)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:

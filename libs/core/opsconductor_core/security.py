@@ -101,7 +101,7 @@ async def current_principal(request: Request) -> Principal:
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 
 
-def RequirePermission(*permissions: str) -> Any:  # noqa: N802 - reads as a type in signatures
+def RequirePermission(*permissions: str) -> Any:
     """`principal: RequirePermission("users:write")` — 401 without a token, 403 without the right."""
 
     async def _check(principal: CurrentPrincipal) -> Principal:

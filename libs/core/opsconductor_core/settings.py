@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-
 from pydantic import Field, model_validator
 from pydantic_settings import (
     BaseSettings,

@@ -9,8 +9,9 @@ from typing import Any
 
 from alembic import command, context
 from alembic.config import Config
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from opsconductor_db.database import create_engine, is_sqlite
 
@@ -39,8 +40,24 @@ def _configure_and_run(connection: Connection, metadata: MetaData, url: str) -> 
         context.run_migrations()
 
 
-async def _run_online(url: str, metadata: MetaData) -> None:
+def _migration_engine(url: str) -> AsyncEngine:
     engine = create_engine(url)
+    if is_sqlite(url):
+        # The sqlite driver opens a transaction only before DML, so a failing revision would
+        # leave its DDL behind; issuing BEGIN ourselves makes each upgrade all-or-nothing.
+        @event.listens_for(engine.sync_engine, "connect")
+        def _no_driver_transactions(dbapi_conn: Any, _: Any) -> None:
+            dbapi_conn.isolation_level = None
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+async def _run_online(url: str, metadata: MetaData) -> None:
+    engine = _migration_engine(url)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_configure_and_run, metadata, url)

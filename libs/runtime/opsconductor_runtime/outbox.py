@@ -40,9 +40,8 @@ OUTBOX_TABLE = "outbox"
 PROCESSED_TABLE = "processed_events"
 
 
-def outbox_table(metadata: MetaData) -> Table:
-    return Table(
-        OUTBOX_TABLE, metadata,
+def _outbox_columns() -> list[Column[Any]]:
+    return [
         # Integer on SQLite so the column is the rowid alias and autoincrements.
         Column("seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True,
                autoincrement=True),
@@ -51,24 +50,29 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("payload", Text, nullable=False),
         Column("attempts", Integer, nullable=False, server_default="0"),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    )
+    ]
 
 
-def processed_events_table(metadata: MetaData) -> Table:
-    return Table(
-        PROCESSED_TABLE, metadata,
+def _processed_columns() -> list[Column[Any]]:
+    return [
         Column("event_id", String(64), primary_key=True),
         Column("topic", String(200), nullable=False),
         Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    )
+    ]
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    return Table(OUTBOX_TABLE, metadata, *_outbox_columns())
+
+
+def processed_events_table(metadata: MetaData) -> Table:
+    return Table(PROCESSED_TABLE, metadata, *_processed_columns())
 
 
 def create_outbox_tables(op: Any) -> None:
     """For a service's first Alembic revision: `create_outbox_tables(op)`."""
-    metadata = MetaData()
-    for table in (outbox_table(metadata), processed_events_table(metadata)):
-        op.create_table(table.name, *[c.copy() for c in table.columns],
-                        *[c.copy() for c in table.constraints if not c.columns])
+    op.create_table(OUTBOX_TABLE, *_outbox_columns())
+    op.create_table(PROCESSED_TABLE, *_processed_columns())
 
 
 async def enqueue(session: AsyncSession, table: Table, topic: str, event: dict[str, Any]) -> None:
@@ -141,8 +145,11 @@ class OutboxRelay:
                 continue
             # Back off while the broker is down; otherwise wait for the next commit.
             timeout = min(self._poll * (2 ** min(self._failures, 5)), 30.0)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands as
+            # the event is set, and stop() would then wait for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
             self._wakeup.clear()
 
     async def flush_once(self) -> int:

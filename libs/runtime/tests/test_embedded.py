@@ -241,7 +241,7 @@ class TestCronBindings:
         host.register("other", other.app)
         await host.start_delivery()
         try:
-            await wait_for(lambda: scoped.ticks >= 2)
+            await wait_for(lambda: scoped.ticks >= 2, timeout=15.0)
             assert other.ticks == 0
         finally:
             await host.close()

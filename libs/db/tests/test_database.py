@@ -1,0 +1,128 @@
+"""ServiceDatabase.transaction: one commit at the end; on_commit listeners only after a commit."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import String, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from opsconductor_db import GUID, ServiceDatabase
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Note(Base):
+    __tablename__ = "notes"
+
+    id: Mapped[uuid.UUID] = mapped_column(GUID, primary_key=True, default=uuid.uuid4)
+    title: Mapped[str] = mapped_column(String(50), unique=True)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[ServiceDatabase]:
+    database = ServiceDatabase(database_url)
+    async with database.engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    yield database
+    await database.dispose()
+
+
+async def _titles(db: ServiceDatabase) -> list[str]:
+    async with db.sessions() as session:
+        return list((await session.scalars(select(Note.title).order_by(Note.title))).all())
+
+
+class Boom(Exception):
+    pass
+
+
+class TestTransaction:
+    async def test_commits_when_the_block_ends(self, db: ServiceDatabase) -> None:
+        async with db.transaction() as session:
+            session.add(Note(title="kept"))
+
+        assert await _titles(db) == ["kept"]
+
+    async def test_rolls_back_when_the_block_raises(self, db: ServiceDatabase) -> None:
+        with pytest.raises(Boom):
+            async with db.transaction() as session:
+                session.add(Note(title="lost"))
+                await session.flush()
+                raise Boom()
+
+        assert await _titles(db) == []
+
+    async def test_on_commit_runs_after_the_commit_is_visible(self, db: ServiceDatabase) -> None:
+        seen_by_listener: list[int] = []
+        db.on_commit(lambda: seen_by_listener.append(len(seen_by_listener)))
+        committed: list[list[str]] = []
+
+        async with db.transaction() as session:
+            session.add(Note(title="first"))
+            await session.flush()
+            assert seen_by_listener == []  # not while the transaction is open
+        committed.append(await _titles(db))
+
+        assert seen_by_listener == [0]
+        assert committed == [["first"]]
+
+    async def test_on_commit_is_silent_after_a_rollback(self, db: ServiceDatabase) -> None:
+        calls: list[str] = []
+        db.on_commit(lambda: calls.append("commit"))
+
+        with pytest.raises(Boom):
+            async with db.transaction() as session:
+                session.add(Note(title="lost"))
+                raise Boom()
+
+        assert calls == []
+
+    async def test_on_commit_is_silent_when_the_commit_itself_fails(
+        self, db: ServiceDatabase
+    ) -> None:
+        async with db.transaction() as session:
+            session.add(Note(title="taken"))
+        calls: list[str] = []
+        db.on_commit(lambda: calls.append("commit"))
+
+        # Not flushed inside the block: the unique violation surfaces in commit().
+        with pytest.raises(IntegrityError):
+            async with db.transaction() as session:
+                session.add(Note(title="other"))
+                session.add(Note(title="taken"))
+
+        assert calls == []
+        assert await _titles(db) == ["taken"]
+
+    async def test_every_listener_runs_once_per_commit(self, db: ServiceDatabase) -> None:
+        calls: list[str] = []
+        db.on_commit(lambda: calls.append("a"))
+        db.on_commit(lambda: calls.append("b"))
+
+        for title in ("one", "two"):
+            async with db.transaction() as session:
+                session.add(Note(title=title))
+
+        assert calls == ["a", "b", "a", "b"]
+
+    async def test_session_dependency_is_one_transaction(self, db: ServiceDatabase) -> None:
+        dependency = db.session_dependency()
+        session = await anext(dependency)
+        session.add(Note(title="via dependency"))
+        with pytest.raises(StopAsyncIteration):
+            await anext(dependency)
+
+        assert await _titles(db) == ["via dependency"]
+
+
+async def test_ping_reaches_the_database(db: ServiceDatabase) -> None:
+    await db.ping()
+
+    async with db.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Note)) == 0
