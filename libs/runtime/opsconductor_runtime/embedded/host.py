@@ -94,10 +94,9 @@ class EmbeddedHost:
         if caller:
             sent[CALLER_HEADER] = caller
         try:
-            response = await asyncio.wait_for(
-                client.request(method, path, json=json_body, content=content, headers=sent,
-                               params=params),
-                timeout=timeout_s)
+            async with asyncio.timeout(timeout_s):
+                response = await client.request(method, path, json=json_body, content=content,
+                                                headers=sent, params=params)
         except TimeoutError as exc:
             raise AppUnavailable(f"{app_id} did not answer within {timeout_s}s") from exc
         return InvokeResponse(response.status_code, response.content, dict(response.headers))

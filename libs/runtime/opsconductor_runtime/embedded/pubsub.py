@@ -133,8 +133,10 @@ class EmbeddedBroker:
             except Exception:
                 log.exception("delivery loop error")
                 wait_s = 1.0
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel (stop hangs).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=wait_s)
+                async with asyncio.timeout(wait_s):
+                    await self._wakeup.wait()
             self._wakeup.clear()
 
     async def _dispatch_due(self) -> float:
