@@ -23,7 +23,7 @@ from opsconductor_contracts.publisher import EventPublisher
 from opsconductor_contracts.security import runtime_authenticator
 from opsconductor_core.app import create_service_app
 from opsconductor_core.security import Principal
-from opsconductor_db.database import ServiceDatabase, is_sqlite
+from opsconductor_db.database import ServiceDatabase
 from opsconductor_runtime.interface import Runtime
 from opsconductor_runtime.service import service_lifespan
 
@@ -62,19 +62,14 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if is_sqlite(db.url):
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            async with service_lifespan(db=db, runtime=runtime, outbox=outbox, pubsub=PUBSUB,
-                                        migrations_dir=MIGRATIONS_DIR,
-                                        outbox_paused=settings.outbox_paused) as relay:
-                app.state.outbox_relay = relay
-                # Not fatal when missing: readiness says so and login answers 503 until it appears.
-                await keys.reload()
-                yield
-        finally:
-            if owns_runtime:
-                await runtime.close()
+        async with service_lifespan(db=db, runtime=runtime, outbox=outbox, pubsub=PUBSUB,
+                                    migrations_dir=MIGRATIONS_DIR,
+                                    outbox_paused=settings.outbox_paused,
+                                    close_runtime=owns_runtime) as relay:
+            app.state.outbox_relay = relay
+            # Not fatal when missing: readiness says so and login answers 503 until it appears.
+            await keys.reload()
+            yield
 
     app = create_service_app(APP_ID, settings, routers=[router, internal, housekeeping],
                              lifespan=lifespan, readiness=[db.ping, keys.ready],

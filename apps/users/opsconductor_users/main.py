@@ -13,7 +13,7 @@ from opsconductor_contracts.components import PUBSUB
 from opsconductor_contracts.publisher import EventPublisher
 from opsconductor_contracts.security import runtime_authenticator
 from opsconductor_core.app import create_service_app
-from opsconductor_db.database import ServiceDatabase, is_sqlite
+from opsconductor_db.database import ServiceDatabase
 from opsconductor_runtime.interface import Runtime
 from opsconductor_runtime.service import service_lifespan
 from opsconductor_users import api
@@ -41,25 +41,20 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if is_sqlite(db.url):
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            async with service_lifespan(db=db, runtime=runtime, outbox=outbox, pubsub=PUBSUB,
-                                        migrations_dir=MIGRATIONS_DIR,
-                                        outbox_paused=settings.outbox_paused) as relay:
-                app.state.relay = relay
-                await asyncio.to_thread(passwords.warm)
-                generated = await bootstrap_admin(db, publisher, password=settings.admin_password,
-                                                  data_dir=settings.data_dir, passwords=passwords)
-                if generated is not None:
-                    # Shown once, on purpose on stdout and not in the logs.
-                    path = settings.data_dir / ADMIN_PASSWORD_FILE
-                    print(f"OpsConductor first start: user '{ADMIN_USERNAME}' has password "
-                          f"{generated} (also saved to {path.resolve()})", flush=True)
-                yield
-        finally:
-            if owns_runtime:
-                await runtime.close()
+        async with service_lifespan(db=db, runtime=runtime, outbox=outbox, pubsub=PUBSUB,
+                                    migrations_dir=MIGRATIONS_DIR,
+                                    outbox_paused=settings.outbox_paused,
+                                    close_runtime=owns_runtime) as relay:
+            app.state.relay = relay
+            await asyncio.to_thread(passwords.warm)
+            generated = await bootstrap_admin(db, publisher, password=settings.admin_password,
+                                              data_dir=settings.data_dir, passwords=passwords)
+            if generated is not None:
+                # Shown once, on purpose on stdout and not in the logs.
+                path = settings.data_dir / ADMIN_PASSWORD_FILE
+                print(f"OpsConductor first start: user '{ADMIN_USERNAME}' has password "
+                      f"{generated} (also saved to {path.resolve()})", flush=True)
+            yield
 
     app = create_service_app(APP_ID, settings, routers=[api.router, api.internal_router],
                              lifespan=lifespan, readiness=[db.ping],

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import Table
 
 from opsconductor_core.settings import PlatformSettings
-from opsconductor_db.database import ServiceDatabase
+from opsconductor_db.database import ServiceDatabase, is_sqlite, sqlite_file
 from opsconductor_db.migrations import upgrade_async
 from opsconductor_runtime.interface import Runtime
 from opsconductor_runtime.outbox import OutboxRelay
@@ -28,7 +28,11 @@ async def service_lifespan(
     migrations_dir: Path,
     migrate: bool = True,
     outbox_paused: bool | None = None,
+    close_runtime: bool = False,
 ) -> AsyncIterator[OutboxRelay]:
+    """`close_runtime`: the app created its own runtime (started alone), so it closes it too."""
+    if is_sqlite(db.url):
+        sqlite_file(db.url).parent.mkdir(parents=True, exist_ok=True)
     if migrate:
         await upgrade_async(db.url, migrations_dir)
     if outbox_paused is None:
@@ -41,3 +45,5 @@ async def service_lifespan(
     finally:
         await relay.stop()
         await db.dispose()
+        if close_runtime:
+            await runtime.close()
