@@ -1,0 +1,300 @@
+"""An authenticated SSH connection: run commands (streamed, cancellable) and upload files."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+import weakref
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from opsconductor_connectors._net import elapsed_ms
+from opsconductor_connectors.errors import ConnectorError, Stage, timeout_error
+from opsconductor_connectors.results import CommandResult, UploadResult
+from opsconductor_connectors.running import (
+    DEFAULT_MAX_CAPTURE_BYTES,
+    OutputCallback,
+    RunningCommand,
+)
+
+_UPLOAD_BLOCK = 256 * 1024
+
+
+class SshCommand(RunningCommand):
+    """A command running in its own SSH channel.
+
+    OpenSSH refuses "signal" requests in sessions that run in its privileged monitor, which is
+    every root login. So when the remote shell is POSIX the command is prefixed with one line
+    that reports the shell's PID on stderr (stripped here, never shown), and `_terminate` also
+    kills that process group through a second channel.
+    """
+
+    def __init__(self, session: SshSession, pid_marker: bytes | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._session = session
+        self._channel: asyncssh.SSHClientChannel[bytes] | None = None
+        self._exit_status: int | None = None
+        self._exit_sig: str | None = None
+        self._pid_marker = pid_marker
+        self._stderr_head = b""
+        self.remote_pid: int | None = None
+        self._pid_settled = asyncio.Event()  # the PID line arrived, or never will
+        if pid_marker is None:
+            self._pid_settled.set()
+
+    def _stderr(self, data: bytes) -> None:
+        if self._pid_marker is None:
+            self._feed("stderr", data)
+            return
+        self._stderr_head += data
+        if b"\n" not in self._stderr_head and len(self._stderr_head) < 128:
+            return
+        line, _, rest = self._stderr_head.partition(b"\n")
+        if line.startswith(self._pid_marker) and line[len(self._pid_marker) :].strip().isdigit():
+            self.remote_pid = int(line[len(self._pid_marker) :])
+        else:
+            rest = self._stderr_head  # not a POSIX shell after all: pass everything through
+        self._pid_marker = None
+        self._stderr_head = b""
+        self._pid_settled.set()
+        if rest:
+            self._feed("stderr", rest)
+
+    def _flush_stderr(self) -> None:
+        if self._pid_marker is not None and self._stderr_head:
+            head, self._stderr_head, self._pid_marker = self._stderr_head, b"", None
+            self._feed("stderr", head)
+        self._pid_settled.set()
+
+    def _pause_reading(self) -> None:
+        if self._channel is not None:
+            self._channel.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._channel is not None:
+            self._channel.resume_reading()
+
+    async def _terminate(self, grace_s: float) -> None:
+        channel = self._channel
+        if channel is None or self.done:
+            return
+        # A cancel right after start may come before the PID line: give it a moment.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._pid_settled.wait(), 2.0)
+        for signal_name, wait_s in (("TERM", grace_s), ("KILL", 2.0)):
+            with contextlib.suppress(OSError, asyncssh.Error):
+                channel.send_signal(signal_name)
+            if self.remote_pid is not None:
+                await self._session._kill_process_group(self.remote_pid, signal_name)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._done.wait(), wait_s)
+            if self.done:
+                return
+        channel.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(channel.wait_closed(), 2.0)
+
+
+class _ChannelHandler(asyncssh.SSHClientSession[bytes]):
+    def __init__(self, command: SshCommand) -> None:
+        self._command = command
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            self._command._stderr(data)
+        else:
+            self._command._feed("stdout", data)
+
+    def exit_status_received(self, status: int) -> None:
+        self._command._exit_status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self._command._exit_sig = signal
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        command = self._command
+        command._flush_stderr()
+        error = None
+        if exc is not None and command._exit_status is None and command._exit_sig is None:
+            error = ConnectorError(Stage.COMMAND, "the connection was lost while the command ran")
+        command._finish(command._exit_status, command._exit_sig, error)
+
+
+class SshSession:
+    """One authenticated connection; many commands may run in it, one channel each."""
+
+    def __init__(
+        self,
+        conn: asyncssh.SSHClientConnection,
+        *,
+        host: str,
+        port: int,
+        username: str,
+        host_key_fingerprint: str,
+        timings: dict[str, float],
+        default_timeout_s: float | None = None,
+        posix_shell: bool = True,
+    ) -> None:
+        self._conn = conn
+        self.posix_shell = posix_shell
+        self._running: weakref.WeakSet[SshCommand] = weakref.WeakSet()
+        self.host = host
+        self.port = port
+        self.username = username
+        self.host_key_fingerprint = host_key_fingerprint
+        self.timings = timings
+        self.default_timeout_s = default_timeout_s
+
+    @property
+    def closed(self) -> bool:
+        return self._conn.is_closed()
+
+    @property
+    def local_port(self) -> int | None:
+        """The client side TCP port (lets a test match this connection in the server's log)."""
+        sockname = self._conn.get_extra_info("sockname")
+        return int(sockname[1]) if sockname else None
+
+    async def start(
+        self,
+        command: str,
+        *,
+        on_output: OutputCallback | None = None,
+        stream: bool = True,
+        env: dict[str, str] | None = None,
+        max_capture_bytes: int = DEFAULT_MAX_CAPTURE_BYTES,
+    ) -> SshCommand:
+        """Start `command` in the remote user's shell; iterate the result for its output."""
+        marker = None
+        if self.posix_shell:
+            marker = f"opsc-pid-{secrets.token_hex(6)} ".encode()
+            # The command keeps a line of its own, so the shell parses it exactly as given.
+            command = f"printf '%s%s\\n' '{marker.decode()}' \"$$\" >&2\n{command}"
+        running = SshCommand(
+            self, marker, on_output=on_output, stream=stream, max_capture_bytes=max_capture_bytes
+        )
+        environment: dict[bytes | str, bytes | str] = {k: v for k, v in (env or {}).items()}
+        try:
+            channel, _ = await self._conn.create_session(
+                lambda: _ChannelHandler(running), command, env=environment or (), encoding=None
+            )
+        except (asyncssh.Error, OSError) as exc:
+            reason = exc.reason if isinstance(exc, asyncssh.Error) else type(exc).__name__
+            raise ConnectorError(Stage.COMMAND, f"the command could not be started: {reason}") from None
+        running._channel = channel
+        self._running.add(running)
+        return running
+
+    async def run(
+        self,
+        command: str,
+        *,
+        timeout_s: float | None = None,
+        on_output: OutputCallback | None = None,
+        env: dict[str, str] | None = None,
+        grace_s: float = 2.0,
+    ) -> CommandResult:
+        """Run to completion; past the timeout the command is killed and TIMEOUT raised."""
+        running = await self.start(command, on_output=on_output, stream=False, env=env)
+        limit = timeout_s if timeout_s is not None else self.default_timeout_s
+        return await running.wait(limit, grace_s=grace_s)
+
+    async def upload(
+        self,
+        source: bytes | Path,
+        destination: str,
+        *,
+        mode: int = 0o644,
+        timeout_s: float | None = None,
+    ) -> UploadResult:
+        """Write `source` to `destination` over SFTP with `mode`; replaced atomically by rename."""
+        started = time.monotonic()
+        limit = timeout_s if timeout_s is not None else self.default_timeout_s
+        try:
+            size = await asyncio.wait_for(self._upload(source, destination, mode), limit)
+        except TimeoutError:
+            raise timeout_error(Stage.COMMAND, limit or 0.0) from None
+        except (asyncssh.Error, OSError) as exc:
+            reason = exc.reason if isinstance(exc, asyncssh.Error) else (exc.strerror or type(exc).__name__)
+            raise ConnectorError(Stage.COMMAND, f"upload to {destination} failed: {reason}") from None
+        return UploadResult(destination, size, mode & 0o7777, elapsed_ms(started))
+
+    async def _upload(self, source: bytes | Path, destination: str, mode: int) -> int:
+        partial = f"{destination}.opsc-{secrets.token_hex(4)}.part"
+        attrs = asyncssh.SFTPAttrs(permissions=0o600)  # widened only once the content is complete
+        size = 0
+        async with self._conn.start_sftp_client() as sftp:
+            try:
+                async with sftp.open(partial, "wb", attrs) as remote:
+                    async for block in _blocks(source):
+                        await remote.write(block)
+                        size += len(block)
+                await sftp.chmod(partial, mode & 0o7777)
+                try:
+                    await sftp.posix_rename(partial, destination)
+                except asyncssh.SFTPOpUnsupported:
+                    with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+                        await sftp.remove(destination)
+                    await sftp.rename(partial, destination)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await sftp.remove(partial)
+                raise
+        return size
+
+    async def _kill_process_group(self, pid: int, signal_name: str) -> None:
+        """Signal a command's process group from a second channel (see SshCommand)."""
+        kill = f"kill -{signal_name} -- -{pid} 2>/dev/null || kill -{signal_name} {pid} 2>/dev/null"
+        with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+            await asyncio.wait_for(self._conn.run(kill, check=False), 5.0)
+
+    async def ping(self, timeout_s: float = 5.0) -> bool:
+        """A round trip to the server (OpenSSH's keepalive request); False when it is gone."""
+        if self.closed:
+            return False
+        try:
+            # asyncssh's own keepalive uses this request; any reply (even "unsupported") is proof.
+            await asyncio.wait_for(self._conn._make_global_request(b"keepalive@openssh.com"), timeout_s)
+        except (TimeoutError, asyncssh.Error, OSError):
+            return False
+        return not self.closed
+
+    async def close(self) -> None:
+        """Stop commands still running (closing alone would leave them behind), then close."""
+        running = [command for command in self._running if not command.done]
+        if running and not self.closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(c.cancel(grace_s=0.2) for c in running), return_exceptions=True),
+                    5.0,
+                )
+        self._conn.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._conn.wait_closed(), 5.0)
+
+    async def __aenter__(self) -> SshSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def _blocks(source: bytes | Path) -> AsyncIterator[bytes]:
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+        for offset in range(0, len(data), _UPLOAD_BLOCK):
+            yield data[offset : offset + _UPLOAD_BLOCK]
+        if not data:
+            yield b""
+        return
+    handle = await asyncio.to_thread(Path(source).open, "rb")
+    try:
+        while block := await asyncio.to_thread(handle.read, _UPLOAD_BLOCK):
+            yield block
+    finally:
+        handle.close()
