@@ -5,6 +5,7 @@ One pinned asymmetric algorithm; exact issuer and audience; exp, iat, sub and jt
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import time
@@ -109,19 +110,23 @@ class TokenVerifier:
         self._fetch = fetch_jwks
         # kid -> constructed public key (constructing one per request costs ~0.5 ms).
         self._keys: dict[str, Any] = {}
-        self._last_refresh = 0.0
+        self._last_refresh = -refresh_floor_s
+        self._refresh_lock = asyncio.Lock()
         self._refresh_floor = refresh_floor_s
         self._leeway = leeway_s
 
     async def _key_for(self, kid: str) -> Any:
-        if kid not in self._keys and time.monotonic() - self._last_refresh >= self._refresh_floor:
-            self._last_refresh = time.monotonic()
-            try:
-                jwks = await self._fetch()
-            except Exception as exc:
-                raise InvalidToken(f"jwks unavailable: {type(exc).__name__}") from exc
-            self._keys = {k["kid"]: jwk.construct(k, ALGORITHM) for k in jwks.get("keys", [])
-                          if k.get("kid") and k.get("kty") == "RSA"}
+        if kid not in self._keys:
+            # Concurrent requests with a new kid wait for one shared refresh, not fail.
+            async with self._refresh_lock:
+                if kid not in self._keys and time.monotonic() - self._last_refresh >= self._refresh_floor:
+                    self._last_refresh = time.monotonic()
+                    try:
+                        jwks = await self._fetch()
+                    except Exception as exc:
+                        raise InvalidToken(f"jwks unavailable: {type(exc).__name__}") from exc
+                    self._keys = {k["kid"]: jwk.construct(k, ALGORITHM) for k in jwks.get("keys", [])
+                                  if k.get("kid") and k.get("kty") == "RSA"}
         try:
             return self._keys[kid]
         except KeyError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -207,3 +208,21 @@ class TestRejects:
 
         with pytest.raises(InvalidToken, match="unknown kid"):
             await _verifier(OctJwks()).verify(sign(key, _claims()))
+
+
+class TestConcurrentFirstUse:
+    async def test_many_requests_with_a_new_kid_share_one_refresh(self, key: SigningKey) -> None:
+        """Under load the first burst of requests all carry a kid the cache has not seen yet."""
+        fetches = 0
+
+        async def slow_jwks() -> dict[str, Any]:
+            nonlocal fetches
+            fetches += 1
+            await asyncio.sleep(0.05)
+            return {"keys": [key.public_jwk]}
+
+        verifier = TokenVerifier(issuer=ISSUER, audience=AUDIENCE, fetch_jwks=slow_jwks)
+        token = sign(key, _claims())
+        results = await asyncio.gather(*(verifier.verify(token) for _ in range(50)))
+        assert all(r["sub"] == results[0]["sub"] for r in results)
+        assert fetches == 1
