@@ -36,7 +36,9 @@ def run_wrk(url: str, token: str | None, connections: int, duration_s: int) -> d
     if token:
         cmd += ["-H", f"Authorization: Bearer {token}"]
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
-    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    percentiles = dict(re.findall(r"^\s*(50|99)(?:\.0+)?%\s+(\S+)\s*$", out, re.M))
+    if "50" not in percentiles or "99" not in percentiles:
+        raise RuntimeError(f"wrk gave no latency distribution:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
