@@ -34,18 +34,18 @@ internal = APIRouter(tags=["internal"], include_in_schema=False)
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def _sessions(request: Request) -> SessionService:
+async def _sessions(request: Request) -> SessionService:
     service: SessionService = request.app.state.sessions
     return service
 
 
-def _api_tokens(request: Request, session: Session) -> ApiTokenService:
+async def _api_tokens(request: Request, session: Session) -> ApiTokenService:
     state = request.app.state
     return ApiTokenService(session, users=state.users, publisher=state.publisher,
                            settings=state.settings)
 
 
-def _keys(request: Request) -> KeyManager:
+async def _keys(request: Request) -> KeyManager:
     keys: KeyManager = request.app.state.keys
     return keys
 

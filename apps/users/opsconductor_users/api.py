@@ -35,11 +35,11 @@ router = APIRouter(tags=["users"])
 internal_router = APIRouter(tags=["internal"], include_in_schema=False)
 
 
-def _users(request: Request, session: Session) -> UsersService:
+async def _users(request: Request, session: Session) -> UsersService:
     return UsersService(session, request.app.state.publisher, request.app.state.passwords)
 
 
-def _roles(request: Request, session: Session) -> RolesService:
+async def _roles(request: Request, session: Session) -> RolesService:
     return RolesService(session, request.app.state.publisher)
 
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func, literal, select, update
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import InstrumentedAttribute, joinedload
 from sqlalchemy.sql.elements import ColumnElement
 
 from opsconductor_db.repository import DEFAULT_LIMIT, Page, Repository
@@ -26,6 +26,12 @@ def _later(column: InstrumentedAttribute[datetime | None], at: datetime) -> Colu
 
 class UserRepository(Repository[User]):
     model = User
+
+    async def get(self, row_id: uuid.UUID) -> User | None:
+        # One joined query instead of the mapping's two (user, then its roles): the hot path of
+        # every authenticated request that looks up its caller.
+        stmt = select(User).options(joinedload(User.roles)).where(User.id == row_id)
+        return (await self.session.scalars(stmt)).unique().one_or_none()
 
     async def by_username(self, username: str) -> User | None:
         return await self.session.scalar(select(User).where(User.username == username.lower()))
