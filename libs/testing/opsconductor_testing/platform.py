@@ -1,10 +1,17 @@
-"""Runs `opsconductor up` as a real subprocess on a free loopback port, for end-to-end tests."""
+"""Runs `opsconductor up` as a real subprocess on a free loopback port, for end-to-end tests.
+
+`runtime="embedded"` is the one-process mode (SQLite files in the data dir); `runtime="dapr"`
+starts every app beside a real daprd, with PostgreSQL databases named `<database_prefix><app>`
+and pub/sub on `pubsub` (server URLs come from `env`, see opsconductor_testing.dapr).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -27,6 +34,9 @@ class RunningPlatform:
     port: int
     env: dict[str, str]
     log_path: Path
+    runtime: str = "embedded"
+    pubsub: str | None = None
+    database_prefix: str | None = None
     process: subprocess.Popen[bytes] | None = None
     _log: Any = field(default=None, repr=False)
 
@@ -34,17 +44,30 @@ class RunningPlatform:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def label(self) -> str:
+        return self.runtime if self.runtime == "embedded" else f"{self.runtime}-{self.pubsub}"
+
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30.0)
 
-    def start(self, extra_env: dict[str, str] | None = None, timeout_s: float = 60.0) -> None:
+    def command(self) -> list[str]:
+        argv = [sys.executable, "-m", "opsconductor_platform", "up", "--host", "127.0.0.1",
+                "--port", str(self.port), "--data-dir", str(self.data_dir),
+                "--runtime", self.runtime]
+        if self.runtime == "dapr":
+            argv += ["--pubsub", self.pubsub or "rabbitmq"]
+            if self.database_prefix:
+                argv += ["--database-prefix", self.database_prefix]
+        return argv
+
+    def start(self, extra_env: dict[str, str] | None = None, timeout_s: float | None = None) -> None:
+        timeout_s = timeout_s or (60.0 if self.runtime == "embedded" else 240.0)
         env = {**os.environ, **self.env, **(extra_env or {})}
         self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "opsconductor_platform", "up", "--host", "127.0.0.1",
-             "--port", str(self.port), "--data-dir", str(self.data_dir)],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(self.command(), env=env, stdout=self._log,
+                                        stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -57,7 +80,7 @@ class RunningPlatform:
             time.sleep(0.2)
         raise RuntimeError(f"platform not healthy in {timeout_s}s:\n{self.output()}")
 
-    def stop(self, sig: int = signal.SIGINT, timeout_s: float = 30.0) -> int:
+    def stop(self, sig: int = signal.SIGINT, timeout_s: float = 60.0) -> int:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(sig)
@@ -84,5 +107,38 @@ class RunningPlatform:
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body
+
+    # -- looking inside a service's own database ----------------------------------------------
+    def database_url(self, app_id: str) -> str:
+        """The service's database: its SQLite file, or its PostgreSQL database (plain URL)."""
+        if self.runtime == "embedded":
+            return str(self.data_dir / f"{app_id}.db")
+        server = self.env["OPSC_POSTGRES_URL"].rstrip("/")
+        return f"{server}/{self.database_prefix}{app_id}"
+
+    def outbox_rows(self, app_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """(topic, event) of every event waiting in the service's outbox, oldest first."""
+        sql = "SELECT topic, payload FROM outbox ORDER BY seq"
+        if self.runtime == "embedded":
+            db = sqlite3.connect(self.database_url(app_id))
+            try:
+                rows = db.execute(sql).fetchall()
+            finally:
+                db.close()
+        else:
+            from opsconductor_testing.postgres import query
+
+            rows = query(self.database_url(app_id), sql)
+        return [(topic, json.loads(payload)) for topic, payload in rows]
+
+    def drop_databases(self) -> None:
+        """Dapr mode: drop this platform's databases (after it stopped)."""
+        if self.runtime == "embedded" or not self.database_prefix:
+            return
+        from opsconductor_testing.postgres import drop_databases_with_prefix
+
+        drop_databases_with_prefix(self.env["OPSC_POSTGRES_URL"].rstrip("/") + "/postgres",
+                                   self.database_prefix)
+
 
 ADMIN_PASSWORD = "e2e-admin-password-0001"

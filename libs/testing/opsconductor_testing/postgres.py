@@ -104,25 +104,58 @@ async def _fetch_names(url: str, sql: str, *args: Any) -> list[str]:
         await conn.close()
 
 
+async def _fetch_rows(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    conn = await _connect(url)
+    try:
+        return [tuple(row) for row in await conn.fetch(sql, *args)]
+    finally:
+        await conn.close()
+
+
+def query(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Rows of one query, from synchronous test code."""
+    return _run(_fetch_rows(plain_url(url), sql, *args))
+
+
+def drop_databases_with_prefix(admin_url: str, prefix: str) -> None:
+    """Drop every database whose name starts with `prefix` (a test platform's set)."""
+    pattern = _checked(prefix).replace("_", "\\_") + "%"
+    for name in _run(_fetch_names(admin_url, "SELECT datname FROM pg_database WHERE datname LIKE $1",
+                                  pattern)):
+        drop_database(admin_url, name)
+
+
 def database_exists(admin_url: str, name: str) -> bool:
-    return bool(_run(_fetch_names(admin_url, "SELECT datname FROM pg_database WHERE datname = $1",
-                                  name)))
+    return bool(_run(_fetch_names(admin_url, "SELECT datname FROM pg_database WHERE datname = $1", name)))
 
 
 def create_database(admin_url: str, name: str) -> None:
     _run(_execute(admin_url, f'CREATE DATABASE "{_checked(name)}"'))
 
 
+# Only our own client sessions: an autovacuum worker counts as a superuser process, which a
+# non-superuser may not signal (nor DROP DATABASE ... WITH (FORCE)); PostgreSQL moves those out
+# of the way by itself. Waits up to 5 s for each session to be gone.
+_END_OWN_SESSIONS = (
+    "SELECT pg_terminate_backend(pid, 5000)::text FROM pg_stat_activity "
+    "WHERE datname = $1 AND pid <> pg_backend_pid() "
+    "AND usename = current_user AND backend_type = 'client backend'"
+)
+
+
+def end_own_sessions(admin_url: str, name: str) -> None:
+    """End connections a test left open to `name` (an engine it did not dispose)."""
+    _run(_fetch_names(admin_url, _END_OWN_SESSIONS, _checked(name)))
+
+
 def drop_database(admin_url: str, name: str) -> None:
-    # FORCE ends connections a test left open (an engine it did not dispose).
-    _run(_execute(admin_url, f'DROP DATABASE IF EXISTS "{_checked(name)}" WITH (FORCE)'))
+    end_own_sessions(admin_url, name)
+    _run(_execute(admin_url, f'DROP DATABASE IF EXISTS "{_checked(name)}"'))
 
 
 def wipe_database(admin_url: str, name: str) -> None:
-    """Leave `name` as empty as a new database: no connections, no schemas but an empty public."""
-    _run(_fetch_names(admin_url,
-                      "SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity "
-                      "WHERE datname = $1 AND pid <> pg_backend_pid()", _checked(name)))
+    """Leave `name` as empty as a new database: none of our sessions, only an empty public."""
+    end_own_sessions(admin_url, name)
     _run(_execute(with_database(plain_url(admin_url), name), _WIPE))
 
 
@@ -160,11 +193,15 @@ class DatabasePool:
 
     def _drop_leftovers(self) -> None:
         """Databases of earlier sessions that died before cleaning up (this machine only)."""
-        names = _run(_fetch_names(self.admin_url,
-                                  "SELECT datname FROM pg_database WHERE datname LIKE $1",
-                                  POOL_PREFIX.replace("_", "\\_") + "%"))
+        names = _run(
+            _fetch_names(
+                self.admin_url,
+                "SELECT datname FROM pg_database WHERE datname LIKE $1",
+                POOL_PREFIX.replace("_", "\\_") + "%",
+            )
+        )
         for name in names:
-            pid = name[len(POOL_PREFIX):].split("_", 1)[0]
+            pid = name[len(POOL_PREFIX) :].split("_", 1)[0]
             if pid.isdigit() and not _pid_alive(int(pid)):
                 drop_database(self.admin_url, name)
 

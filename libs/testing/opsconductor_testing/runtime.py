@@ -43,16 +43,26 @@ class RecordingRuntime:
     def topics(self) -> list[str]:
         return [p.topic for p in self.published]
 
-    async def invoke(self, app_id: str, method: str, path: str, *, json_body: Any = None,
-                     content: bytes | None = None, headers: dict[str, str] | None = None,
-                     params: Any = None, timeout_s: float = 10.0) -> InvokeResponse:
+    async def invoke(
+        self,
+        app_id: str,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        params: Any = None,
+        timeout_s: float = 10.0,
+    ) -> InvokeResponse:
         app = self.apps.get(app_id)
         if app is None:
             raise AppUnavailable(app_id)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=f"http://{app_id}") as client:
-            response = await client.request(method, path, json=json_body, content=content,
-                                            headers=headers, params=params)
+            response = await client.request(
+                method, path, json=json_body, content=content, headers=headers, params=params
+            )
         return InvokeResponse(response.status_code, response.content, dict(response.headers))
 
     async def publish(self, pubsub: str, topic: str, event: dict[str, Any]) -> None:
@@ -72,8 +82,9 @@ class RecordingRuntime:
             return None
         return StateItem(key, value, str(etag))
 
-    async def save_state(self, store: str, key: str, value: bytes, *, etag: str | None = None,
-                         ttl_s: int | None = None) -> None:
+    async def save_state(
+        self, store: str, key: str, value: bytes, *, etag: str | None = None, ttl_s: int | None = None
+    ) -> None:
         current = await self.get_state(store, key)
         if etag is not None and (current.etag if current else "") != etag:
             raise ETagMismatch(key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +24,20 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_attempt_at);
 
 
 class HostStore:
-    """One sqlite3 connection used from a single worker thread, so calls are serialised.
+    """One sqlite3 connection owned by one dedicated thread: every call, close included, runs
+    there in order, so a cancelled caller can never leave the connection in use by two threads.
 
-    Writes are synchronous (committed) before the awaiting caller continues: what was accepted
-    survives a crash.
+    Writes are committed before the awaiting caller continues: what was accepted survives a
+    crash.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runtime-db")
+
+    async def _in_thread(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,30 +48,32 @@ class HostStore:
         return conn
 
     async def open(self) -> None:
-        self._conn = await asyncio.to_thread(self._open)
+        self._conn = await self._in_thread(self._open)
 
-    async def close(self) -> None:
+    def _close(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            await asyncio.to_thread(conn.close)
+            conn.close()
+
+    async def close(self) -> None:
+        await self._in_thread(self._close)
+        self._thread.shutdown(wait=True)
 
     def _run(self, sql: str, params: tuple[Any, ...] | list[tuple[Any, ...]], many: bool) -> Any:
         assert self._conn is not None, "host store is not open"
         if many:
             with self._conn:
-                self._conn.executemany(sql, params)  # type: ignore[arg-type]
+                self._conn.executemany(sql, params)
             return None
         cursor = self._conn.execute(sql, params)
         rows = cursor.fetchall()
         return rows if rows else cursor.lastrowid
 
     async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
-        async with self._lock:
-            return await asyncio.to_thread(self._run, sql, params, False)
+        return await self._in_thread(self._run, sql, params, False)
 
     async def execute_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        async with self._lock:
-            await asyncio.to_thread(self._run, sql, rows, True)
+        await self._in_thread(self._run, sql, rows, True)
 
     async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         result = await self.execute(sql, params)
