@@ -19,6 +19,12 @@ from sqlalchemy.ext.asyncio import (
 log = logging.getLogger("opsconductor.db")
 
 AfterCommit = Callable[[], None]
+NOTIFY_KEY = "opsconductor.notify_on_commit"
+
+
+def notify_on_commit(session: AsyncSession) -> None:
+    """Ask for the database's on_commit listeners to run once this transaction commits."""
+    session.info[NOTIFY_KEY] = True
 
 
 def is_sqlite(url: str) -> bool:
@@ -60,7 +66,9 @@ class ServiceDatabase:
         self._after_commit: list[AfterCommit] = []
 
     def on_commit(self, callback: AfterCommit) -> None:
-        """Run `callback` after every successful commit (the outbox relay wakes up this way)."""
+        """Run `callback` after each successful commit of a transaction that asked for it with
+        `notify_on_commit(session)` (the outbox relay wakes up this way, and only then: a read-only
+        request must not cost every relay a query)."""
         self._after_commit.append(callback)
 
     @asynccontextmanager
@@ -72,8 +80,10 @@ class ServiceDatabase:
             except BaseException:
                 await session.rollback()
                 raise
-        for callback in self._after_commit:
-            callback()
+            notify = session.info.pop(NOTIFY_KEY, False)
+        if notify:
+            for callback in self._after_commit:
+                callback()
 
     async def session_dependency(self) -> AsyncIterator[AsyncSession]:
         async with self.transaction() as session:

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from opsconductor_db import GUID, ServiceDatabase
+from opsconductor_db.database import notify_on_commit
 
 
 class Base(DeclarativeBase):
@@ -65,6 +66,7 @@ class TestTransaction:
 
         async with db.transaction() as session:
             session.add(Note(title="first"))
+            notify_on_commit(session)
             await session.flush()
             assert seen_by_listener == []  # not while the transaction is open
         committed.append(await _titles(db))
@@ -79,6 +81,7 @@ class TestTransaction:
         with pytest.raises(Boom):
             async with db.transaction() as session:
                 session.add(Note(title="lost"))
+                notify_on_commit(session)
                 raise Boom()
 
         assert calls == []
@@ -96,6 +99,7 @@ class TestTransaction:
             async with db.transaction() as session:
                 session.add(Note(title="other"))
                 session.add(Note(title="taken"))
+                notify_on_commit(session)
 
         assert calls == []
         assert await _titles(db) == ["taken"]
@@ -108,8 +112,20 @@ class TestTransaction:
         for title in ("one", "two"):
             async with db.transaction() as session:
                 session.add(Note(title=title))
+                notify_on_commit(session)
 
         assert calls == ["a", "b", "a", "b"]
+
+    async def test_listeners_stay_silent_for_a_transaction_that_did_not_ask(
+        self, db: ServiceDatabase
+    ) -> None:
+        calls: list[str] = []
+        db.on_commit(lambda: calls.append("commit"))
+        async with db.transaction() as session:
+            session.add(Note(title="quiet"))
+        async with db.transaction() as session:
+            notify_on_commit(session)
+        assert calls == ["commit"]
 
     async def test_session_dependency_is_one_transaction(self, db: ServiceDatabase) -> None:
         dependency = db.session_dependency()

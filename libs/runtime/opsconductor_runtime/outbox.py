@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from opsconductor_db.database import ServiceDatabase, is_sqlite
+from opsconductor_db.database import ServiceDatabase, is_sqlite, notify_on_commit
 from opsconductor_runtime.interface import Runtime
 
 log = logging.getLogger("opsconductor.outbox")
@@ -78,6 +78,7 @@ def create_outbox_tables(op: Any) -> None:
 async def enqueue(session: AsyncSession, table: Table, topic: str, event: dict[str, Any]) -> None:
     await session.execute(insert(table).values(event_id=str(event["id"]), topic=topic,
                                                payload=json.dumps(event)))
+    notify_on_commit(session)
 
 
 async def first_delivery(session: AsyncSession, table: Table, event_id: str, topic: str) -> bool:
@@ -155,7 +156,6 @@ class OutboxRelay:
     async def flush_once(self) -> int:
         """Publish one batch in order; stops at the first failure so order is kept."""
         table = self._table
-        # A plain session, not db.transaction(): that would fire on_commit and wake this relay.
         async with self._db.sessions() as session:
             stmt = select(table.c.seq, table.c.topic, table.c.payload).order_by(table.c.seq)
             stmt = stmt.limit(self._batch)
