@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import opsconductor_contracts.topics as topics
 from opsconductor_auth.config import Settings
 from opsconductor_auth.exceptions import InvalidCredentials, InvalidRefreshToken
 from opsconductor_auth.keys import KeyManager
@@ -23,7 +24,6 @@ from opsconductor_auth.models import RefreshToken
 from opsconductor_auth.ratelimit import RateLimiter, Window
 from opsconductor_auth.repository import RefreshTokenRepository
 from opsconductor_auth.schemas import TokenPair
-from opsconductor_contracts import topics
 from opsconductor_contracts.clients.users import UsersClient, VerifiedUser
 from opsconductor_contracts.components import REVOKED_JTI_PREFIX, STATE_STORE
 from opsconductor_contracts.events import LoginFailed, LoginSucceeded, SessionRevoked

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
-import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from opsconductor_contracts.components import CREDENTIAL_MASTER_KEY_SECRET, JWT_
 from opsconductor_core.tokens import generate_private_pem
 from opsconductor_runtime.embedded import EmbeddedHost
 from opsconductor_runtime.embedded.secrets import ensure_secret_file
+from opsconductor_targets.keyring import Keyring, new_keyring_secret
 
 log = logging.getLogger("opsconductor.platform")
 
@@ -54,12 +53,14 @@ class HostedApp:
 HOSTED_APPS: tuple[HostedApp, ...] = (
     HostedApp("users", "opsconductor_users"),
     HostedApp("auth", "opsconductor_auth"),
+    HostedApp("targets", "opsconductor_targets"),
     HostedApp("gateway", "opsconductor_gateway", has_database=False),
 )
 
 SECRET_FACTORIES: dict[str, Callable[[], str]] = {
     JWT_SIGNING_KEY_SECRET: generate_private_pem,
-    CREDENTIAL_MASTER_KEY_SECRET: lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
+    # A keyring, so `opsconductor keys rotate` can add keys while the platform runs.
+    CREDENTIAL_MASTER_KEY_SECRET: new_keyring_secret,
 }
 
 
@@ -87,6 +88,23 @@ def rotate_signing_key(data_dir: Path) -> str:
     current[JWT_SIGNING_KEY_SECRET] = generate_private_pem()
     write_secret_file(path, current)
     return key_id(current[JWT_SIGNING_KEY_SECRET])
+
+
+def rotate_credential_master_key(data_dir: Path) -> tuple[str, int]:
+    """Adds a new active master key to the keyring in the secret file.
+
+    The running targets service re-reads the secret on its next health tick and re-wraps every
+    credential's data key under the new key in batches; older keys stay in the ring so rows not
+    yet re-wrapped keep opening. Returns (new key id, keys in the ring).
+    """
+    from opsconductor_runtime.embedded.secrets import write_secret_file
+
+    path = prepare_data_dir(data_dir) / "secrets.json"
+    current = json.loads(path.read_text())
+    keyring = Keyring.parse(current[CREDENTIAL_MASTER_KEY_SECRET]).rotated()
+    current[CREDENTIAL_MASTER_KEY_SECRET] = keyring.dumps()
+    write_secret_file(path, current)
+    return keyring.active, len(keyring.keys)
 
 
 @asynccontextmanager

@@ -12,7 +12,7 @@ from fastapi import Body, FastAPI, Request
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from opsconductor_contracts import topics
+import opsconductor_contracts.topics as topics
 from opsconductor_contracts.components import PUBSUB
 from opsconductor_contracts.envelope import CloudEvent
 from opsconductor_contracts.events import LoginSucceeded, UserActive

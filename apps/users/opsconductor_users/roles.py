@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from opsconductor_contracts import topics
+import opsconductor_contracts.topics as topics
 from opsconductor_contracts.events import RoleChanged, UserUpdated
 from opsconductor_contracts.permissions import ALL_PERMISSIONS, BUILTIN_ROLES
 from opsconductor_contracts.publisher import EventPublisher

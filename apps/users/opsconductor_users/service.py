@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from opsconductor_contracts import topics
+import opsconductor_contracts.topics as topics
 from opsconductor_contracts.events import RoleChanged, UserCreated, UserDeleted, UserUpdated
 from opsconductor_contracts.permissions import USERS_READ, USERS_WRITE
 from opsconductor_contracts.publisher import EventPublisher

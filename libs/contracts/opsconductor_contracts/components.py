@@ -8,11 +8,18 @@ STATE_STORE = "statestore"
 SECRET_STORE = "secretstore"
 # components/housekeeping.yaml — cron input binding: purge expired tokens and counters.
 HOUSEKEEPING_BINDING = "housekeeping"
+# components/targets-health.yaml — cron input binding: the targets service's health sweep and
+# credential master-key re-wrap (POST /targets-health).
+TARGETS_HEALTH_BINDING = "targets-health"
 
 # Secret names inside SECRET_STORE.
 JWT_SIGNING_KEY_SECRET = "jwt-signing-key"
+# A keyring (JSON: {"active": id, "keys": {id: base64 of 32 bytes}}); a bare base64 key is
+# read as a keyring of one key. See apps/targets/opsconductor_targets/keyring.py.
 CREDENTIAL_MASTER_KEY_SECRET = "credential-master-key"
 
 # State key prefixes inside STATE_STORE (the store is shared: keyPrefix none).
 REVOKED_JTI_PREFIX = "revoked-jti:"
 RATE_LIMIT_PREFIX = "ratelimit:"
+# One replica at a time runs the targets health sweep (a lease with a TTL).
+TARGETS_HEALTH_LEASE_KEY = "lease:targets-health"

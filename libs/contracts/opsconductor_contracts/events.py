@@ -63,3 +63,51 @@ class SessionRevoked(BaseModel):
     user_id: str
     family_id: str | None = None
     reason: str
+
+
+# --- targets (never a password, key or passphrase: only whether one is set) -------------------
+
+class TargetCreated(BaseModel):
+    target_id: str
+    name: str
+    host: str
+    port: int
+    protocol: str  # ssh | winrm
+    tags: list[str] = []
+    has_credential: bool = False
+
+
+class TargetUpdated(BaseModel):
+    target_id: str
+    name: str
+    changed: list[str]  # field names, e.g. ["host", "tags"]
+
+
+class TargetDeleted(BaseModel):
+    target_id: str
+    name: str
+
+
+class CredentialChanged(BaseModel):
+    target_id: str
+    name: str
+    change: str  # set | cleared
+    credential_type: str | None = None  # password | private_key
+    version: int
+
+
+class HostKeyPinned(BaseModel):
+    target_id: str
+    name: str
+    fingerprint: str
+    previous_fingerprint: str | None = None
+
+
+class TargetStatusChanged(BaseModel):
+    target_id: str
+    name: str
+    previous: str  # unknown | healthy | degraded | unreachable
+    status: str
+    stage: str | None = None  # where the check stopped (resolve, connect, host_key, auth, command)
+    message: str = ""
+    checked_at: datetime

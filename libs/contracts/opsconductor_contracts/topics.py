@@ -10,6 +10,12 @@ LOGIN_FAILED = "auth.login_failed"
 API_TOKEN_CREATED = "auth.api_token_created"
 API_TOKEN_REVOKED = "auth.api_token_revoked"
 SESSION_REVOKED = "auth.session_revoked"
+TARGET_CREATED = "target.created"
+TARGET_UPDATED = "target.updated"
+TARGET_DELETED = "target.deleted"
+TARGET_STATUS_CHANGED = "target.status_changed"
+CREDENTIAL_CHANGED = "credential.changed"
+HOST_KEY_PINNED = "host_key.pinned"
 
 # Where an event goes after its subscriber failed every retry.
 DEAD_LETTER = "deadletter"

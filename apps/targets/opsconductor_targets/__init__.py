@@ -1,0 +1,1 @@
+"""The targets service: inventory, encrypted credentials, host keys, connection tests, health."""

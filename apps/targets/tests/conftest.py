@@ -1,0 +1,247 @@
+"""Fixtures for the targets service: the app with its lifespan, real signed tokens, a keyring."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import ssl
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from sqlalchemy import MetaData, select
+
+from opsconductor_contracts.components import CREDENTIAL_MASTER_KEY_SECRET
+from opsconductor_contracts.permissions import ALL_PERMISSIONS
+from opsconductor_contracts.security import runtime_authenticator
+from opsconductor_core.tokens import (
+    SigningKey,
+    generate_private_pem,
+    new_access_claims,
+    sign,
+    signing_key,
+)
+from opsconductor_db.database import ServiceDatabase
+from opsconductor_db.migrations import upgrade_async
+from opsconductor_targets.config import Settings
+from opsconductor_targets.keyring import Keyring
+from opsconductor_targets.main import MIGRATIONS_DIR, create_app
+from opsconductor_targets.models import Credential, Target
+from opsconductor_testing.runtime import RecordingRuntime
+from opsconductor_testing.winrm_peer import WinrmPeer
+
+PASSWORD = "Sup3r-Secret-Target-Passw0rd"
+OPERATOR = ["targets:read", "targets:write", "credentials:write"]
+VIEWER = ["targets:read"]
+
+
+@pytest.fixture(scope="session")
+def signing() -> SigningKey:
+    return signing_key(generate_private_pem())
+
+
+@pytest.fixture
+def keyring() -> Keyring:
+    return Keyring.generate()
+
+
+@pytest.fixture
+def runtime(keyring: Keyring) -> RecordingRuntime:
+    return RecordingRuntime(app_id="targets",
+                            secrets={CREDENTIAL_MASTER_KEY_SECRET: keyring.dumps()})
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    # Loopback allowed: the real sshd and WinRM peers of these tests listen on 127.0.0.x.
+    return Settings(database_url=database_url, data_dir=tmp_path / "data", outbox_paused=True,
+                    allow_loopback=True, tick_wait_s=60, health_timeout_s=5)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[ServiceDatabase]:
+    """A migrated database without the app, for repository tests."""
+    database = ServiceDatabase(database_url)
+    await upgrade_async(database_url, MIGRATIONS_DIR)
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+@dataclass
+class World:
+    """The running app plus helpers to mint tokens, make targets and read events."""
+
+    password = PASSWORD
+    operator = OPERATOR
+    viewer = VIEWER
+
+    app: Any
+    client: httpx.AsyncClient
+    runtime: RecordingRuntime
+    signing: SigningKey
+    settings: Settings
+    bodies: list[str] = field(default_factory=list)  # every response body, for leak checks
+    _tokens: dict[tuple[str, ...], str] = field(default_factory=dict)
+    user_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def auth(self, perms: list[str] | None = None) -> dict[str, str]:
+        perms = list(ALL_PERMISSIONS) if perms is None else perms
+        key = tuple(sorted(perms))
+        if key not in self._tokens:
+            claims = new_access_claims(subject=self.user_id, issuer=self.settings.jwt_issuer,
+                                       audience=self.settings.jwt_audience, ttl_s=300,
+                                       extra={"name": "olga", "roles": [], "perms": perms})
+            self._tokens[key] = sign(self.signing, claims)
+        return {"Authorization": f"Bearer {self._tokens[key]}"}
+
+    async def create(self, perms: list[str] | None = None, **body: Any) -> dict[str, Any]:
+        body.setdefault("name", f"t-{uuid.uuid4().hex[:8]}")
+        body.setdefault("host", "192.0.2.10")
+        body.setdefault("username", "deploy")
+        response = await self.client.post("/targets", json=body, headers=self.auth(perms))
+        assert response.status_code == 201, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def events(self) -> list[dict[str, Any]]:
+        """Publish what the outbox holds (the relay is paused in tests) and return all so far."""
+        while await self.app.state.relay.flush_once():
+            pass
+        return [p.event for p in self.runtime.published]
+
+    async def drain(self) -> None:
+        await self.events()
+        self.runtime.published.clear()
+
+    async def topics(self) -> list[str]:
+        return [e["type"] for e in await self.events()]
+
+    async def row(self, target_id: str) -> Target | None:
+        async with self.app.state.db.transaction() as session:
+            return await session.get(Target, uuid.UUID(target_id))
+
+    async def credential_row(self, target_id: str) -> Credential | None:
+        async with self.app.state.db.transaction() as session:
+            return await session.scalar(
+                select(Credential).where(Credential.target_id == uuid.UUID(target_id)))
+
+    async def count_targets(self) -> int:
+        async with self.app.state.db.transaction() as session:
+            return len((await session.scalars(select(Target.id))).all())
+
+    async def database_dump(self) -> bytes:
+        """Every row of every table (both databases), plus the SQLite files' raw bytes."""
+        chunks: list[bytes] = []
+        db: ServiceDatabase = self.app.state.db
+        async with db.engine.connect() as conn:
+            metadata = MetaData()
+            await conn.run_sync(metadata.reflect)
+            for table in metadata.sorted_tables:
+                for row in (await conn.execute(select(table))).all():
+                    chunks.append(repr(tuple(row)).encode())
+                    chunks += [v for v in row if isinstance(v, bytes)]
+        if db.url.startswith("sqlite"):
+            path = Path(db.url.split("///", 1)[1])
+            for candidate in path.parent.glob(path.name + "*"):
+                chunks.append(candidate.read_bytes())
+        return b"\n".join(chunks)
+
+    @staticmethod
+    def assert_absent(haystack: Any, *secrets: str) -> None:
+        assert_absent(haystack, *secrets)
+
+    async def tick(self) -> dict[str, Any]:
+        response = await self.client.post("/targets-health")
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+
+WorldFactory = Callable[..., AbstractAsyncContextManager[World]]
+
+
+@pytest.fixture
+def make_world(settings: Settings, runtime: RecordingRuntime,
+               signing: SigningKey) -> WorldFactory:
+    @asynccontextmanager
+    async def factory(**overrides: Any) -> AsyncIterator[World]:
+        app_settings = settings.model_copy(update=overrides)
+        app = create_app(runtime, app_settings)
+
+        async def jwks() -> dict[str, Any]:
+            return {"keys": [signing.public_jwk]}
+
+        app.state.authenticator = runtime_authenticator(runtime, app_settings, fetch_jwks=jwks)
+        bodies: list[str] = []
+
+        async def record(response: httpx.Response) -> None:
+            await response.aread()
+            bodies.append(response.text)
+
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://targets",
+                                         event_hooks={"response": [record]}) as client:
+                yield World(app, client, runtime, signing, app_settings, bodies=bodies)
+
+    return factory
+
+
+@pytest.fixture
+async def world(make_world: WorldFactory) -> AsyncIterator[World]:
+    async with make_world() as running:
+        yield running
+
+
+def assert_absent(haystack: Any, *secrets: str) -> None:
+    """No secret, and no line of a multi-line secret (a key), anywhere in `haystack`."""
+    if isinstance(haystack, bytes):
+        text = haystack
+    elif isinstance(haystack, str):
+        text = haystack.encode()
+    else:
+        text = json.dumps(haystack, default=str).encode()
+    for secret in secrets:
+        pieces = [secret, *(line.strip() for line in secret.splitlines())]
+        for piece in pieces:
+            if len(piece) >= 8 and not piece.startswith("-----"):
+                assert piece.encode() not in text, "a secret leaked"
+
+
+@pytest.fixture
+def tls_peer(tmp_path: Path) -> Iterator[WinrmPeer]:
+    """The WS-Management peer over HTTPS with a self-signed certificate for 127.0.0.1."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "winrm-peer")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "peer.crt", tmp_path / "peer.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    peer = WinrmPeer(ssl_context=context).start()
+    try:
+        yield peer
+    finally:
+        peer.stop()
