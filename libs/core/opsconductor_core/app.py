@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -128,6 +129,35 @@ class EdgeMiddleware:
         await response(scope, receive, send)
 
 
+class AppTokenMiddleware:
+    """Only the app's own sidecar may call it: Dapr sends `dapr-api-token` (its APP_API_TOKEN)
+    on every request it forwards. Health probes stay open; anything else without the token is
+    refused before routing."""
+
+    HEADER = b"dapr-api-token"
+
+    def __init__(self, app: ASGIApp, *, token: str,
+                 open_paths: frozenset[str] = frozenset({"/healthz", "/readyz"})) -> None:
+        self.app = app
+        self.token = token.encode()
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or scope.get("path") in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        presented = next((v for k, v in scope["headers"] if k.lower() == self.HEADER), b"")
+        if hmac.compare_digest(presented, self.token):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await problem_response(401, "Unauthorized",
+                               "Only this service's sidecar may call it directly",
+                               slug="app-token")(scope, receive, send)
+
+
 def create_service_app(
     name: str,
     settings: PlatformSettings,
@@ -179,6 +209,10 @@ def create_service_app(
 
     for router in routers:
         app.include_router(router)
+    app_token = getattr(settings, "app_api_token", None)
+    if app_token:
+        # Added first so it runs inside EdgeMiddleware: refusals carry the correlation id.
+        app.add_middleware(AppTokenMiddleware, token=app_token)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes,
                        requests=requests, latency=latency)
     return app

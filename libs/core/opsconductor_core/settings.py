@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,6 +61,14 @@ class BaseServiceSettings(PlatformSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         shared = _SharedEnvSource(settings_cls, env_prefix="OPSC_")
         return init_settings, env_settings, shared, dotenv_settings, file_secret_settings
+
+    @model_validator(mode="after")
+    def _sidecar_app_token(self) -> BaseServiceSettings:
+        # Dapr hands the app its token in APP_API_TOKEN (the sidecar sends it back on every
+        # call); a service-prefixed value still wins. Embedded mode never reads it.
+        if self.app_api_token is None and self.runtime == "dapr":
+            self.app_api_token = os.environ.get("APP_API_TOKEN") or None
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> BaseServiceSettings:

@@ -8,11 +8,13 @@ from opsconductor_runtime.interface import Runtime
 
 
 def runtime_from_env(app_id: str) -> Runtime:
+    """OPSC_RUNTIME=dapr: the app's own sidecar, found the way the dapr SDK finds it
+    (DAPR_HTTP_PORT, DAPR_GRPC_PORT, DAPR_API_TOKEN)."""
     mode = os.environ.get("OPSC_RUNTIME", "embedded")
     if mode == "dapr":
-        raise RuntimeError(
-            "the Dapr runtime adapter is not part of this release yet; "
-            "run `opsconductor up` (embedded mode)")
+        from opsconductor_runtime.dapr import DaprRuntime
+
+        return DaprRuntime.from_env(app_id)
     raise RuntimeError(
         f"{app_id}: the embedded runtime is created by the platform host; "
         "start the platform with `opsconductor up` instead of running one app alone")
