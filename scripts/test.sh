@@ -30,6 +30,10 @@ else
     eval "$("${services[@]}" env postgres)"
 fi
 export OPSC_TEST_POSTGRES_URL
+
+# The Dapr tier: daprd and sentry built from their Go module (cached), Redis and RabbitMQ.
+banner "dapr tier: daprd, sentry, redis, rabbitmq"
+eval "$("$REPO_ROOT/scripts/dapr-tier.sh")"
 # Shown without its password.
 say "OPSC_TEST_POSTGRES_URL=$(printf '%s' "$OPSC_TEST_POSTGRES_URL" | sed -E 's#(://[^:/@]+):[^@]*@#\1:***@#')"
 
@@ -50,6 +54,20 @@ step() {  # step <name> <command...>: runs every step, remembers which failed
 step "ruff" uv run --frozen ruff check .
 step "import contracts" uv run --frozen lint-imports
 step "mypy" uv run --frozen mypy libs apps
+# Each member must declare what it imports (a workspace hides missing declarations otherwise).
+declared_dependencies() {
+    local member rc=0
+    for member in libs/*/ apps/*/; do
+        [ -f "$member/pyproject.toml" ] || continue
+        (cd "$member" && uv run --frozen deptry . >/dev/null 2>&1) || {
+            say "undeclared or unused dependencies in $member:"
+            (cd "$member" && uv run --frozen deptry . 2>&1 | grep -E "DEP[0-9]+" || true)
+            rc=1
+        }
+    done
+    return "$rc"
+}
+step "declared dependencies" declared_dependencies
 step "pytest" uv run --frozen pytest --ignore=tests/benchmarks -p no:cacheprovider "$@"
 
 banner "summary"
