@@ -24,6 +24,7 @@ from opsconductor_contracts.security import runtime_authenticator
 from opsconductor_core.app import create_service_app
 from opsconductor_core.security import Principal
 from opsconductor_db.database import ServiceDatabase
+from opsconductor_runtime.factory import runtime_or_default
 from opsconductor_runtime.interface import Runtime
 from opsconductor_runtime.service import service_lifespan
 
@@ -42,11 +43,7 @@ def _principal(result: Introspection) -> Principal | None:
 
 def create_app(runtime: Runtime | None = None, settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    owns_runtime = runtime is None
-    if runtime is None:
-        from opsconductor_runtime.factory import runtime_from_env
-
-        runtime = runtime_from_env(APP_ID)
+    runtime, owns_runtime = runtime_or_default(runtime, APP_ID)
     db = ServiceDatabase(settings.effective_database_url(APP_ID))
     keys = KeyManager(runtime, db, settings)
     users = UsersClient(runtime)

@@ -20,6 +20,7 @@ from opsconductor_gateway.health import ServiceProbes
 from opsconductor_gateway.middleware import EdgePolicyMiddleware, SecurityHeadersMiddleware
 from opsconductor_gateway.ratelimit import TokenBuckets
 from opsconductor_gateway.routing import API_PREFIX
+from opsconductor_runtime.factory import runtime_or_default
 from opsconductor_runtime.interface import Runtime
 
 APP_ID = "gateway"
@@ -38,11 +39,7 @@ class LabelledRoute(Route):
 
 def create_app(runtime: Runtime | None = None, settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    owns_runtime = runtime is None
-    if runtime is None:
-        from opsconductor_runtime.factory import runtime_from_env
-
-        runtime = runtime_from_env(APP_ID)
+    runtime, owns_runtime = runtime_or_default(runtime, APP_ID)
     authenticator = runtime_authenticator(runtime, settings)
     gateway = Gateway(runtime, settings,
                       EdgeAuthenticator(authenticator, cache_s=settings.auth_cache_s))

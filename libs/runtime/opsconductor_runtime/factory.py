@@ -18,3 +18,11 @@ def runtime_from_env(app_id: str) -> Runtime:
     raise RuntimeError(
         f"{app_id}: the embedded runtime is created by the platform host; "
         "start the platform with `opsconductor up` instead of running one app alone")
+
+
+def runtime_or_default(runtime: Runtime | None, app_id: str) -> tuple[Runtime, bool]:
+    """The runtime a host passed in, or one built from the environment, which the app then owns
+    (and closes on shutdown): `(runtime, owned)`."""
+    if runtime is not None:
+        return runtime, False
+    return runtime_from_env(app_id), True
