@@ -32,11 +32,11 @@ from opsconductor_core.tokens import (
     signing_key,
 )
 from opsconductor_db.database import ServiceDatabase
-from opsconductor_db.migrations import upgrade_async
 from opsconductor_targets.config import Settings
 from opsconductor_targets.keyring import Keyring
 from opsconductor_targets.main import MIGRATIONS_DIR, create_app
 from opsconductor_targets.models import Credential, Target
+from opsconductor_testing.databases import migrated_database
 from opsconductor_testing.runtime import RecordingRuntime
 from opsconductor_testing.winrm_peer import WinrmPeer
 
@@ -71,12 +71,8 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[ServiceDatabase]:
     """A migrated database without the app, for repository tests."""
-    database = ServiceDatabase(database_url)
-    await upgrade_async(database_url, MIGRATIONS_DIR)
-    try:
+    async with migrated_database(database_url, MIGRATIONS_DIR) as database:
         yield database
-    finally:
-        await database.dispose()
 
 
 @dataclass

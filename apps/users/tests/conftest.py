@@ -22,7 +22,7 @@ from opsconductor_core.tokens import (
     signing_key,
 )
 from opsconductor_db.database import ServiceDatabase
-from opsconductor_db.migrations import upgrade_async
+from opsconductor_testing.databases import migrated_database
 from opsconductor_testing.runtime import RecordingRuntime
 from opsconductor_users.config import Settings
 from opsconductor_users.main import MIGRATIONS_DIR, create_app
@@ -54,12 +54,8 @@ def runtime() -> RecordingRuntime:
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[ServiceDatabase]:
     """A migrated database without the app, for repository and service tests."""
-    database = ServiceDatabase(database_url)
-    await upgrade_async(database_url, MIGRATIONS_DIR)
-    try:
+    async with migrated_database(database_url, MIGRATIONS_DIR) as database:
         yield database
-    finally:
-        await database.dispose()
 
 
 @dataclass

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from opsconductor_db import ServiceDatabase
+from opsconductor_db.migrations import upgrade_async
 from opsconductor_testing.tiers import missing_dependency
 
 if TYPE_CHECKING:
@@ -62,3 +65,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
     finally:
         pool.release(url)
+
+
+@asynccontextmanager
+async def migrated_database(url: str, migrations_dir: Path) -> AsyncIterator[ServiceDatabase]:
+    """A service's database at its latest migration, without the app (repository tests)."""
+    database = ServiceDatabase(url)
+    await upgrade_async(url, migrations_dir)
+    try:
+        yield database
+    finally:
+        await database.dispose()
