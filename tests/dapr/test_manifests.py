@@ -155,11 +155,14 @@ class TestConfiguration:
         assert rules["/internal/**"] == "deny"
         internal_allowed = [n for n, a in rules.items()
                             if n.startswith("/internal") and a == "allow"]
-        assert internal_allowed == ["/internal/api-tokens/introspect"]
+        # Token introspection (API tokens at the edge) and the stored record behind live output.
+        assert internal_allowed == ["/internal/api-tokens/introspect",
+                                    "/internal/executions/**/stream"]
 
     def test_only_the_executor_may_fetch_credentials(self) -> None:
         holders = [p["appId"] for p in self.config()["spec"]["accessControl"]["policies"]
-                   if any(o["name"].startswith("/internal/targets/") and o["action"] == "allow"
+                   if any(o["name"].startswith("/internal/targets/")
+                          and o["name"].endswith("/credential") and o["action"] == "allow"
                           for o in p["operations"])]
         assert holders == ["executor"]
 

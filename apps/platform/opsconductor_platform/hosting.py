@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
+import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -14,7 +16,11 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from opsconductor_contracts.components import CREDENTIAL_MASTER_KEY_SECRET, JWT_SIGNING_KEY_SECRET
+from opsconductor_contracts.components import (
+    CREDENTIAL_MASTER_KEY_SECRET,
+    EXECUTION_SECRETS_KEY_SECRET,
+    JWT_SIGNING_KEY_SECRET,
+)
 from opsconductor_core.tokens import generate_private_pem
 from opsconductor_runtime.embedded import EmbeddedHost
 from opsconductor_runtime.embedded.secrets import ensure_secret_file
@@ -61,6 +67,7 @@ SECRET_FACTORIES: dict[str, Callable[[], str]] = {
     JWT_SIGNING_KEY_SECRET: generate_private_pem,
     # A keyring, so `opsconductor keys rotate` can add keys while the platform runs.
     CREDENTIAL_MASTER_KEY_SECRET: new_keyring_secret,
+    EXECUTION_SECRETS_KEY_SECRET: lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
 }
 
 

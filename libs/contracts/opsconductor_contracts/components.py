@@ -23,3 +23,6 @@ REVOKED_JTI_PREFIX = "revoked-jti:"
 RATE_LIMIT_PREFIX = "ratelimit:"
 # One replica at a time runs the targets health sweep (a lease with a TTL).
 TARGETS_HEALTH_LEASE_KEY = "lease:targets-health"
+
+# Key that encrypts secret parameter values while an execution needs them (executor only).
+EXECUTION_SECRETS_KEY_SECRET = "execution-secrets-key"

@@ -111,3 +111,68 @@ class TargetStatusChanged(BaseModel):
     stage: str | None = None  # where the check stopped (resolve, connect, host_key, auth, command)
     message: str = ""
     checked_at: datetime
+
+
+class JobChanged(BaseModel):
+    job_id: str
+    name: str
+    version: int
+    change: str  # created | updated | deleted
+
+
+class DangerousStepApproved(BaseModel):
+    job_id: str
+    version: int
+    step_name: str
+    # The exact approved text's SHA-256 (the text itself may hold anything; the hash identifies it).
+    step_sha256: str
+    rules: list[str]
+    approved_by: str
+
+
+class ExecutionRequested(BaseModel):
+    execution_id: str
+    job_id: str
+
+
+class ExecutionStarted(BaseModel):
+    execution_id: str
+    job_id: str
+    seq: int
+    total_targets: int
+
+
+class OutputChunkEvent(BaseModel):
+    seq: int
+    target_id: str
+    stream: str  # stdout | stderr | system
+    data: str
+    ts: datetime
+
+
+class ExecutionOutput(BaseModel):
+    execution_id: str
+    chunks: list[OutputChunkEvent]
+
+
+class ExecutionTargetFinished(BaseModel):
+    execution_id: str
+    seq: int
+    target_id: str
+    status: str
+    exit_code: int | None = None
+    attempts: int = 1
+    error: str | None = None
+
+
+class ExecutionCancelRequested(BaseModel):
+    execution_id: str
+    requested_by: str
+
+
+class ExecutionFinished(BaseModel):
+    execution_id: str
+    job_id: str
+    seq: int
+    status: str
+    counts: dict[str, int]

@@ -19,3 +19,15 @@ HOST_KEY_PINNED = "host_key.pinned"
 
 # Where an event goes after its subscriber failed every retry.
 DEAD_LETTER = "deadletter"
+
+JOB_CREATED = "job.created"
+JOB_UPDATED = "job.updated"
+JOB_DELETED = "job.deleted"
+DANGEROUS_STEP_APPROVED = "job.dangerous_step_approved"
+EXECUTION_REQUESTED = "execution.requested"
+EXECUTION_STARTED = "execution.started"
+# Best-effort live notification: the chunks are stored first, so a lost one is healed from storage.
+EXECUTION_OUTPUT = "execution.output"
+EXECUTION_TARGET_FINISHED = "execution.target_finished"
+EXECUTION_CANCEL_REQUESTED = "execution.cancel_requested"
+EXECUTION_FINISHED = "execution.finished"
