@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
-from opsconductor_contracts.clients.targets import TargetCredential
+from opsconductor_contracts.clients.targets import ResolvedTargets, TargetCredential
 from opsconductor_contracts.permissions import CREDENTIALS_WRITE, TARGETS_READ, TARGETS_WRITE
 from opsconductor_core.problems import Forbidden, InvalidInput
 from opsconductor_core.security import CurrentPrincipal, Principal
@@ -34,6 +34,7 @@ from opsconductor_targets.schemas import (
     TargetCreate,
     TargetPage,
     TargetRead,
+    TargetResolveRequest,
     TargetUpdate,
     normalize_tag,
 )
@@ -236,3 +237,10 @@ async def read_credential(target_id: uuid.UUID, request: Request,
         "private_key": secret.private_key, "passphrase": secret.passphrase,
         "version": target.credential_version, "host_key_fingerprint": target.host_key_fingerprint,
         "host_key": target.host_key, "winrm": winrm})
+
+
+@internal_router.post("/internal/targets/resolve", response_model=ResolvedTargets)
+async def resolve_targets(body: TargetResolveRequest, targets: Targets) -> ResolvedTargets:
+    """A job's selector → its run targets (callers: jobs, scheduler). Only ids, names and
+    protocols leave here, what any `targets:read` holder sees; Dapr access control limits callers."""
+    return await targets.resolve(body.ids, body.tags)

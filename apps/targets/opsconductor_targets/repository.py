@@ -53,6 +53,25 @@ class TargetRepository(Repository[Target]):
                               | Target.os.icontains(needle, autoescape=True))
         return await self.page(stmt, limit=limit, cursor=cursor)
 
+    async def resolve(self, ids: Sequence[uuid.UUID], tags: Sequence[str]) -> list[
+            tuple[uuid.UUID, str, str]]:
+        """(id, name, protocol) of the targets with one of `ids` or carrying every one of `tags`,
+        each once, ordered by name."""
+        columns = (Target.id, Target.name, Target.protocol)
+        found: dict[uuid.UUID, tuple[uuid.UUID, str, str]] = {}
+        unique = sorted(set(ids))
+        for start in range(0, len(unique), 500):  # stay under every driver's bind limit
+            stmt = select(*columns).where(Target.id.in_(unique[start:start + 500]))
+            for row in (await self.session.execute(stmt)).all():
+                found[row[0]] = (row[0], row[1], row[2])
+        if tags:
+            stmt = select(*columns)
+            for tag in sorted(set(tags)):
+                stmt = stmt.where(Target.tag_rows.any(TargetTag.tag == tag))
+            for row in (await self.session.execute(stmt)).all():
+                found[row[0]] = (row[0], row[1], row[2])
+        return sorted(found.values(), key=lambda row: (row[1].lower(), row[0]))
+
     async def all_ids(self, *, after: uuid.UUID | None = None, batch: int = 500) -> list[uuid.UUID]:
         stmt = select(Target.id).order_by(Target.id).limit(batch)
         if after is not None:

@@ -306,3 +306,24 @@ class ImportResult(BaseModel):
     summary: ImportSummary
     items: list[ImportItem]
     warnings: list[str] = []
+
+
+RESOLVE_IDS_MAX = 10_000
+
+
+class TargetResolveRequest(BaseModel):
+    """`POST /internal/targets/resolve`: a job's target selector (ids and/or tags)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[uuid.UUID] = Field(default_factory=list, max_length=RESOLVE_IDS_MAX)
+    tags: list[Annotated[str, StringConstraints(max_length=TAG_MAX + 16)]] = Field(
+        default_factory=list, max_length=TAGS_MAX)
+
+    _tags = field_validator("tags")(normalize_tags)
+
+    @model_validator(mode="after")
+    def _something(self) -> TargetResolveRequest:
+        if not self.ids and not self.tags:
+            raise ValueError("give target ids, tags or both")
+        return self

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 import opsconductor_contracts.topics as topics
 from opsconductor_connectors import HostKeyPin, normalize_fingerprint
+from opsconductor_contracts.clients.targets import ResolvedTargets
 from opsconductor_contracts.events import (
     CredentialChanged,
     HostKeyPinned,
@@ -22,6 +23,7 @@ from opsconductor_contracts.events import (
     TargetStatusChanged,
     TargetUpdated,
 )
+from opsconductor_contracts.jobspec import RunTarget
 from opsconductor_contracts.permissions import CREDENTIALS_WRITE
 from opsconductor_contracts.publisher import EventPublisher
 from opsconductor_core.problems import Forbidden, InvalidInput
@@ -129,6 +131,15 @@ class TargetsService:
                      limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> Page[Target]:
         return await self.targets.search(tags=tags, protocol=protocol, status=status, q=q,
                                          limit=limit, cursor=cursor)
+
+    async def resolve(self, ids: Sequence[uuid.UUID], tags: Sequence[str]) -> ResolvedTargets:
+        """A run's targets: the listed ids plus every target carrying all the tags."""
+        rows = await self.targets.resolve(ids, tags)
+        seen = {row[0] for row in rows}
+        return ResolvedTargets(
+            items=[RunTarget(target_id=str(i), name=name, protocol=protocol)
+                   for i, name, protocol in rows],
+            missing=[str(i) for i in dict.fromkeys(ids) if i not in seen])
 
     async def export_rows(self, *, tags: Sequence[str] = (), protocol: str | None = None,
                           status: str | None = None, q: str | None = None) -> list[ExportRow]:

@@ -24,3 +24,18 @@ class ServiceClient:
                                              headers=merged, params=params)
         except AppUnavailable as exc:
             raise ServiceUnavailable(f"The {self.app_id} service is unavailable") from exc
+
+
+def problem_of(response: InvokeResponse) -> tuple[str | None, dict[str, str] | None]:
+    """The `detail` and `errors` of a problem+json answer (None where absent or malformed)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    detail = body.get("detail")
+    errors = body.get("errors")
+    return (str(detail)[:1000] if detail else None,
+            {str(k)[:200]: str(v)[:500] for k, v in errors.items()}
+            if isinstance(errors, dict) and errors else None)

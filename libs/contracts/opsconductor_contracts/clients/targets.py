@@ -1,18 +1,23 @@
-"""Client of the targets service's internal credential route (the executor's only way to a secret).
+"""Client of the targets service's internal routes.
 
-The route answers only callers whose app-id is `executor` (the runtime sets the caller header;
-Dapr access control enforces it in production). The result's `repr` never shows the secret.
+`get_credential`: the executor's only way to a secret. The route answers only callers whose app-id
+is `executor` (the runtime sets the caller header; Dapr access control enforces it in production).
+The result's `repr` never shows the secret.
+
+`resolve`: turns a job's target selector (ids and tags) into the targets a run goes to.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from opsconductor_contracts.clients.base import ServiceClient
-from opsconductor_core.problems import Forbidden, ServiceUnavailable
+from opsconductor_contracts.clients.base import ServiceClient, problem_of
+from opsconductor_contracts.jobspec import RunTarget
+from opsconductor_core.problems import Forbidden, InvalidInput, ServiceUnavailable
 
 
 class WinrmOptions(BaseModel):
@@ -41,6 +46,14 @@ class TargetCredential(BaseModel):
     winrm: WinrmOptions | None = None
 
 
+class ResolvedTargets(BaseModel):
+    """Answer of `POST /internal/targets/resolve`: the selected targets ordered by name, and the
+    requested ids that name no target."""
+
+    items: list[RunTarget]
+    missing: list[str] = []
+
+
 class TargetsClient(ServiceClient):
     app_id = "targets"
 
@@ -57,4 +70,17 @@ class TargetsClient(ServiceClient):
             return None
         if response.status == 403:
             raise Forbidden("Only the executor may fetch target credentials")
+        raise ServiceUnavailable("The targets service answered unexpectedly")
+
+    async def resolve(self, ids: Sequence[str] = (), tags: Sequence[str] = ()) -> ResolvedTargets:
+        """Targets with one of `ids`, plus targets carrying every one of `tags` (each once).
+
+        A malformed id or tag is InvalidInput (its `errors` keyed `ids` / `tags`)."""
+        body: dict[str, Any] = {"ids": [str(i) for i in ids], "tags": list(tags)}
+        response = await self.call("POST", "/internal/targets/resolve", json_body=body)
+        if response.status == 200:
+            return ResolvedTargets.model_validate(response.json())
+        if response.status == 422:
+            detail, errors = problem_of(response)
+            raise InvalidInput(detail or "Invalid target selector", errors=errors)
         raise ServiceUnavailable("The targets service answered unexpectedly")

@@ -1,0 +1,1 @@
+"""The jobs service: job definitions, their versions, the dangerous-command policy, and runs."""
