@@ -18,10 +18,8 @@ def elapsed_ms(since: float) -> float:
 async def resolve(host: str, port: int, timeout_s: float) -> list[SockAddr]:
     loop = asyncio.get_running_loop()
     try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP),
-            timeout_s,
-        )
+        async with asyncio.timeout(timeout_s):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     except TimeoutError:
         raise timeout_error(Stage.RESOLVE, timeout_s) from None
     except (OSError, UnicodeError) as exc:
@@ -48,7 +46,8 @@ async def connect_tcp(addresses: list[SockAddr], host: str, port: int, timeout_s
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
-            await asyncio.wait_for(loop.sock_connect(sock, sockaddr), remaining)
+            async with asyncio.timeout(remaining):
+                await loop.sock_connect(sock, sockaddr)
             return sock
         except TimeoutError:
             sock.close()

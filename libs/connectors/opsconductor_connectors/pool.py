@@ -179,7 +179,8 @@ class SshPool:
                     )
                 self._stats.waited += 1
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(host.cond.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await host.cond.wait()
 
     async def _open(
         self,
@@ -196,7 +197,11 @@ class SshPool:
                 host.logins.pop(key, None)
                 self._stats.failed += 1
                 if not login.done():
-                    login.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        # Only this checkout was canceled: the others sharing the login retry.
+                        login.set_result(None)
+                    else:
+                        login.set_exception(exc)
                 host.cond.notify_all()
             raise
         entry = _Entry(key, session, in_use=1)

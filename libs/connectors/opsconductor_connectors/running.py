@@ -140,7 +140,8 @@ class RunningCommand(ABC):
             self._paused = False
             self._resume_reading()
         try:
-            await asyncio.wait_for(asyncio.shield(self._done.wait()), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._done.wait()
         except TimeoutError:
             await self._stop(grace_s)
             raise timeout_error(Stage.COMMAND, timeout_s or 0.0, partial=self.result()) from None

@@ -23,6 +23,9 @@ from opsconductor_connectors.running import (
 )
 
 _UPLOAD_BLOCK = 256 * 1024
+# How long a stop waits for a starting command's PID line (the login shell's profile runs first).
+PID_WAIT_S = 30.0
+_PID_LINE_MAX = 64  # "opsc-pid-<12 hex> <pid>"
 
 
 class SshCommand(RunningCommand):
@@ -41,7 +44,8 @@ class SshCommand(RunningCommand):
         self._exit_status: int | None = None
         self._exit_sig: str | None = None
         self._pid_marker = pid_marker
-        self._stderr_head = b""
+        self._stderr_head = b""  # stderr not yet shown: it may hold the PID line
+        self._mid_line = False  # the head continues a line already shown
         self.remote_pid: int | None = None
         self._pid_settled = asyncio.Event()  # the PID line arrived, or never will
         if pid_marker is None:
@@ -51,19 +55,28 @@ class SshCommand(RunningCommand):
         if self._pid_marker is None:
             self._feed("stderr", data)
             return
+        # The login shell's profile may write to stderr before the PID line comes (pyenv does
+        # when many logins start at once): show those lines and keep looking for it.
         self._stderr_head += data
-        if b"\n" not in self._stderr_head and len(self._stderr_head) < 128:
-            return
-        line, _, rest = self._stderr_head.partition(b"\n")
-        if line.startswith(self._pid_marker) and line[len(self._pid_marker) :].strip().isdigit():
-            self.remote_pid = int(line[len(self._pid_marker) :])
-        else:
-            rest = self._stderr_head  # not a POSIX shell after all: pass everything through
-        self._pid_marker = None
-        self._stderr_head = b""
-        self._pid_settled.set()
-        if rest:
-            self._feed("stderr", rest)
+        while self._pid_marker is not None and self._stderr_head:
+            line, newline, rest = self._stderr_head.partition(b"\n")
+            if not newline:
+                if self._mid_line or len(line) > _PID_LINE_MAX:  # cannot be the PID line
+                    self._feed("stderr", line)
+                    self._stderr_head, self._mid_line = b"", True
+                return
+            self._stderr_head = rest
+            number = line[len(self._pid_marker) :]
+            if not self._mid_line and line.startswith(self._pid_marker) and number.isdigit():
+                self.remote_pid = int(number)
+                self._pid_marker = None
+                self._pid_settled.set()
+            else:
+                self._feed("stderr", line + newline)
+            self._mid_line = False
+        if self._pid_marker is None and self._stderr_head:
+            head, self._stderr_head = self._stderr_head, b""
+            self._feed("stderr", head)
 
     def _flush_stderr(self) -> None:
         if self._pid_marker is not None and self._stderr_head:
@@ -83,21 +96,44 @@ class SshCommand(RunningCommand):
         channel = self._channel
         if channel is None or self.done:
             return
-        # A cancel right after start may come before the PID line: give it a moment.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._pid_settled.wait(), 2.0)
+        if not self._pid_settled.is_set():
+            # The login shell has not reported its PID yet: its profile may take seconds (more
+            # when many logins start at once). Where sshd allows signals (not root) this ends
+            # it now; otherwise wait for the PID, since closing the channel instead would drop
+            # that line while the shell goes on to run the command.
+            with contextlib.suppress(OSError, asyncssh.Error):
+                channel.send_signal("TERM")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PID_WAIT_S):
+                    await self._pid_settled.wait()
         for signal_name, wait_s in (("TERM", grace_s), ("KILL", 2.0)):
             with contextlib.suppress(OSError, asyncssh.Error):
                 channel.send_signal(signal_name)
-            if self.remote_pid is not None:
-                await self._session._kill_process_group(self.remote_pid, signal_name)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._done.wait(), wait_s)
+            await self._signal_group(signal_name, wait_s)
             if self.done:
                 return
         channel.close()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(channel.wait_closed(), 2.0)
+            async with asyncio.timeout(2.0):
+                await channel.wait_closed()
+
+
+    async def _signal_group(self, signal_name: str, wait_s: float) -> None:
+        """Signal the process group and wait for the end: at once if the SSH signal already
+        ended the command, else up to `wait_s` after the group was signalled."""
+        ended = asyncio.ensure_future(self._done.wait())
+        killer = None
+        if self.remote_pid is not None:
+            killer = asyncio.ensure_future(self._session._kill_process_group(self.remote_pid, signal_name))
+        try:
+            if killer is not None:
+                await asyncio.wait({killer, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if not self.done:
+                await asyncio.wait({ended}, timeout=wait_s)
+        finally:
+            ended.cancel()
+            if killer is not None and not killer.done():
+                self._session._keep(killer)  # let it finish: the group may outlive the shell
 
 
 class _ChannelHandler(asyncssh.SSHClientSession[bytes]):
@@ -143,6 +179,7 @@ class SshSession:
         self._conn = conn
         self.posix_shell = posix_shell
         self._running: weakref.WeakSet[SshCommand] = weakref.WeakSet()
+        self._tasks: set[asyncio.Future[Any]] = set()  # kill commands still on their way
         self.host = host
         self.port = port
         self.username = username
@@ -168,8 +205,13 @@ class SshSession:
         stream: bool = True,
         env: dict[str, str] | None = None,
         max_capture_bytes: int = DEFAULT_MAX_CAPTURE_BYTES,
+        stdin: bytes | None = None,
     ) -> SshCommand:
-        """Start `command` in the remote user's shell; iterate the result for its output."""
+        """Start `command` in the remote user's shell; iterate the result for its output.
+
+        With `stdin`, those bytes are the command's standard input, then end of file (b"" closes
+        it at once, so a command that reads it does not wait forever).
+        """
         marker = None
         if self.posix_shell:
             marker = f"opsc-pid-{secrets.token_hex(6)} ".encode()
@@ -188,6 +230,11 @@ class SshSession:
             raise ConnectorError(Stage.COMMAND, f"the command could not be started: {reason}") from None
         running._channel = channel
         self._running.add(running)
+        if stdin is not None:
+            with contextlib.suppress(OSError, asyncssh.Error):  # it may already have exited
+                if stdin:
+                    channel.write(stdin)
+                channel.write_eof()
         return running
 
     async def run(
@@ -216,7 +263,8 @@ class SshSession:
         started = time.monotonic()
         limit = timeout_s if timeout_s is not None else self.default_timeout_s
         try:
-            size = await asyncio.wait_for(self._upload(source, destination, mode), limit)
+            async with asyncio.timeout(limit):
+                size = await self._upload(source, destination, mode)
         except TimeoutError:
             raise timeout_error(Stage.COMMAND, limit or 0.0) from None
         except (asyncssh.Error, OSError) as exc:
@@ -247,11 +295,16 @@ class SshSession:
                 raise
         return size
 
+    def _keep(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _kill_process_group(self, pid: int, signal_name: str) -> None:
         """Signal a command's process group from a second channel (see SshCommand)."""
         kill = f"kill -{signal_name} -- -{pid} 2>/dev/null || kill -{signal_name} {pid} 2>/dev/null"
         with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
-            await asyncio.wait_for(self._conn.run(kill, check=False), 5.0)
+            async with asyncio.timeout(5.0):
+                await self._conn.run(kill, check=False)
 
     async def ping(self, timeout_s: float = 5.0) -> bool:
         """A round trip to the server (OpenSSH's keepalive request); False when it is gone."""
@@ -259,7 +312,8 @@ class SshSession:
             return False
         try:
             # asyncssh's own keepalive uses this request; any reply (even "unsupported") is proof.
-            await asyncio.wait_for(self._conn._make_global_request(b"keepalive@openssh.com"), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._conn._make_global_request(b"keepalive@openssh.com")
         except (TimeoutError, asyncssh.Error, OSError):
             return False
         return not self.closed
@@ -269,13 +323,14 @@ class SshSession:
         running = [command for command in self._running if not command.done]
         if running and not self.closed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.gather(*(c.cancel(grace_s=0.2) for c in running), return_exceptions=True),
-                    5.0,
-                )
+                async with asyncio.timeout(5.0):
+                    await asyncio.gather(*(c.cancel(grace_s=0.2) for c in running), return_exceptions=True)
+        if self._tasks and not self.closed:  # kill commands still on their way need the connection
+            await asyncio.wait(set(self._tasks), timeout=5.0)
         self._conn.close()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._conn.wait_closed(), 5.0)
+            async with asyncio.timeout(5.0):
+                await self._conn.wait_closed()
 
     async def __aenter__(self) -> SshSession:
         return self

@@ -27,6 +27,8 @@ from opsconductor_connectors.results import CommandResult
 from opsconductor_connectors.running import DEFAULT_MAX_CAPTURE_BYTES, OutputCallback, RunningCommand
 
 _SHARED_EXECUTOR: ThreadPoolExecutor | None = None
+# Raw bytes per Send: base64 in a SOAP envelope stays far below WinRM's 500 KB default.
+STDIN_BLOCK = 64 * 1024
 _EXECUTOR_LOCK = threading.Lock()
 
 
@@ -84,10 +86,11 @@ class WinrmTimeouts:
 class WinrmCommand(RunningCommand):
     """A command in its own WinRM shell; output is pulled by a worker thread."""
 
-    def __init__(self, client: WinrmClient, command: str, **kwargs: Any) -> None:
+    def __init__(self, client: WinrmClient, command: str, stdin: bytes | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._client = client
         self._command = command
+        self._stdin = stdin
         self._shell_id: str | None = None
         self._command_id: str | None = None
         self._stop_requested = threading.Event()
@@ -109,6 +112,8 @@ class WinrmCommand(RunningCommand):
             stage = Stage.COMMAND
             self._command_id = protocol.run_command(self._shell_id, self._command)
             self._post(_resolve_future, started, None)
+            if self._stdin is not None:
+                self._send_stdin(protocol)
             exit_code: int | None = None
             done = False
             while not done and not self._stop_requested.is_set():
@@ -129,6 +134,18 @@ class WinrmCommand(RunningCommand):
             self._post(self._finish, None, None, error)
         finally:
             self._cleanup(protocol)
+
+    def _send_stdin(self, protocol: winrm.Protocol) -> None:
+        """The input in Send messages well under WinRM's default envelope size, then end."""
+        assert self._shell_id is not None and self._command_id is not None and self._stdin is not None
+        data = self._stdin
+        offsets = range(0, len(data), STDIN_BLOCK) if data else range(1)
+        for offset in offsets:
+            if self._stop_requested.is_set():
+                return
+            last = offset + STDIN_BLOCK >= len(data)
+            block = data[offset : offset + STDIN_BLOCK]
+            protocol.send_command_input(self._shell_id, self._command_id, block, end=last)
 
     def _cleanup(self, protocol: winrm.Protocol) -> None:
         with contextlib.suppress(Exception):
@@ -152,7 +169,8 @@ class WinrmCommand(RunningCommand):
 
         await self._loop.run_in_executor(self._client._executor, signal_terminate)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._done.wait(), grace_s)
+            async with asyncio.timeout(grace_s):
+                await self._done.wait()
 
 
 def _resolve_future(future: asyncio.Future[None], error: BaseException | None) -> None:
@@ -240,22 +258,38 @@ class WinrmClient:
         on_output: OutputCallback | None = None,
         stream: bool = True,
         max_capture_bytes: int = DEFAULT_MAX_CAPTURE_BYTES,
+        stdin: bytes | None = None,
     ) -> WinrmCommand:
-        """Open a shell and start `command`; raises with the stage that failed."""
+        """Open a shell and start `command`; raises with the stage that failed.
+
+        With `stdin`, those bytes are sent as the command's input (WinRM Send), then end of input.
+        """
         mark = time.monotonic()
         await resolve(self.target.host, self.target.port, self.timeouts.resolve_s)
         running = WinrmCommand(
-            self, command, on_output=on_output, stream=stream, max_capture_bytes=max_capture_bytes
+            self,
+            command,
+            stdin,
+            on_output=on_output,
+            stream=stream,
+            max_capture_bytes=max_capture_bytes,
         )
         running.timings["resolve"] = elapsed_ms(mark)
         loop = asyncio.get_running_loop()
         started: asyncio.Future[None] = loop.create_future()
+        started.add_done_callback(lambda f: f.cancelled() or f.exception())  # may outlive us
         loop.run_in_executor(self._executor, running._work, started)
         try:
-            await asyncio.wait_for(asyncio.shield(started), self.timeouts.auth_s)
+            async with asyncio.timeout(self.timeouts.auth_s):
+                await asyncio.shield(started)
         except TimeoutError:
             running._stop_requested.set()
             raise timeout_error(Stage.AUTH, self.timeouts.auth_s) from None
+        except BaseException:
+            # Canceled while the shell opened: the worker must not run the command unattended
+            # (it checks this flag before the command and between Receives, then terminates it).
+            running._stop_requested.set()
+            raise
         return running
 
     async def run(

@@ -50,7 +50,8 @@ class TestReuse:
 
         async def one(pool: SshPool) -> tuple[float, float]:
             async with pool.session(target, credential) as session:
-                out = (await session.run("date +%s.%N; sleep 1; date +%s.%N")).stdout.split()
+                # 3 s: each start pays the login shell's start-up (slow for root's bash here).
+                out = (await session.run("date +%s.%N; sleep 3; date +%s.%N")).stdout.split()
                 return float(out[0]), float(out[1])
 
         async with SshPool(max_channels_per_connection=8) as pool:
@@ -169,3 +170,24 @@ class TestLifecycle:
         with pytest.raises(RuntimeError):
             async with pool.session(target, credential):
                 pass
+
+
+class TestCanceledLogin:
+    async def test_the_others_waiting_for_a_canceled_login_log_in_themselves(self, sshd: SshServer) -> None:
+        target, credential = pinned_target(sshd), key_credential(sshd)
+
+        async with SshPool() as pool:
+
+            async def use() -> str:
+                async with pool.session(target, credential) as session:
+                    return (await session.run("echo ok")).stdout
+
+            first = asyncio.ensure_future(use())  # starts the login
+            await asyncio.sleep(0)
+            others = [asyncio.ensure_future(use()) for _ in range(3)]  # wait for that login
+            await asyncio.sleep(0.01)
+            first.cancel()
+            results = await asyncio.gather(*others)
+
+        assert results == ["ok\n"] * 3
+        assert first.cancelled()

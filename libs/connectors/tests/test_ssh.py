@@ -20,6 +20,7 @@ from opsconductor_connectors import (
     connect_ssh,
     probe_host_key,
 )
+from opsconductor_connectors.ssh_session import SshCommand
 from opsconductor_testing.sshd import (
     SshServer,
     eventually,
@@ -316,6 +317,53 @@ class TestCommands:
 
         assert await gone(duration)
 
+    async def test_cancel_before_a_slow_login_shell_reaches_the_command(self, sshd_factory) -> None:  # type: ignore[no-untyped-def]
+        # Every session first spends 3 s in "its profile" (root's ~/.bashrc may take seconds
+        # when many logins start at once), then runs the command it was given. Root sessions
+        # refuse SSH signals, so the command can only be stopped through the PID it reports.
+        slow = sshd_factory(extra_config=['ForceCommand sleep 3; eval "$SSH_ORIGINAL_COMMAND"'])
+        duration = unique_sleep()
+        async with await connect_ssh(pinned_target(slow), key_credential(slow)) as session:
+            running = await session.start(f"sleep {duration}")
+            result = await running.cancel(grace_s=0.5)
+            assert result.canceled
+            # Past the profile: the command must not be running (nor start later).
+            await asyncio.sleep(max(0.0, 3.5 - result.duration_ms / 1000))
+            assert await gone(duration)
+            assert (await session.run("echo after", timeout_s=15)).stdout == "after\n"
+
+    async def test_cancel_finds_the_pid_after_profile_noise_on_stderr(self, sshd_factory) -> None:  # type: ignore[no-untyped-def]
+        # A profile may write to stderr before the command runs (pyenv's rehash does when many
+        # logins start at once); the PID line comes after that, and what came before is shown.
+        noisy = sshd_factory(
+            extra_config=['ForceCommand echo profile-noise >&2; eval "$SSH_ORIGINAL_COMMAND"']
+        )
+        duration = unique_sleep()
+        async with await connect_ssh(pinned_target(noisy), key_credential(noisy)) as session:
+            running = await session.start(f"sleep {duration}")
+            assert await started(duration)
+            result = await running.cancel(grace_s=0.5)
+            assert result.canceled
+            assert await gone(duration)
+            assert result.stderr == "profile-noise\n"
+
+    async def test_pid_line_is_found_whatever_the_chunks(self) -> None:
+        command = SshCommand(None, b"opsc-pid-0a1b2c ", stream=False)  # type: ignore[arg-type]
+        for data in (b"profile", b" says\nopsc-pid-", b"0a1b2c 12", b"34\nreal ", b"error\n"):
+            command._stderr(data)
+        assert command.remote_pid == 1234
+        long_line = b"x" * 100  # too long to be the PID line: shown before its end arrives
+        other = SshCommand(None, b"opsc-pid-0a1b2c ", stream=False)  # type: ignore[arg-type]
+        other._stderr(long_line)
+        assert other._captured["stderr"] == 100
+        for data in (b" opsc-pid-0a1b2c 99\n", b"opsc-pid-0a1b2c 77\n", b"rest"):
+            other._stderr(data)
+        command._finish(0)
+        other._finish(0)
+        assert command.result().stderr == "profile says\nreal error\n"
+        assert other.remote_pid == 77
+        assert other.result().stderr == "x" * 100 + " opsc-pid-0a1b2c 99\nrest"
+
     async def test_command_lines_stay_out_of_the_logs(
         self, sshd: SshServer, no_secret_in_logs: list[str]
     ) -> None:
@@ -362,3 +410,32 @@ class TestUpload:
             with pytest.raises(ConnectorError) as caught:
                 await session.upload(b"x", str(tmp_path / "nope" / "file"))
         assert caught.value.stage is Stage.COMMAND
+
+
+class TestStandardInput:
+    async def test_stdin_reaches_the_command_then_end_of_file(self, sshd: SshServer) -> None:
+        data = b"line one\n\x00binary\xff\n" * 5000  # more than one SSH window's worth
+        async with await connect_ssh(pinned_target(sshd), key_credential(sshd), timeouts=FAST) as session:
+            running = await session.start("sha256sum", stdin=data)
+            result = await running.wait(timeout_s=20)
+
+        assert result.exit_code == 0
+        assert result.stdout.split()[0] == hashlib.sha256(data).hexdigest()
+
+    async def test_empty_stdin_closes_it_at_once(self, sshd: SshServer) -> None:
+        async with await connect_ssh(pinned_target(sshd), key_credential(sshd), timeouts=FAST) as session:
+            running = await session.start("cat; echo eof", stdin=b"")
+            result = await running.wait(timeout_s=10)
+        assert result.stdout == "eof\n"
+
+    async def test_a_script_on_the_interpreters_stdin(self, sshd: SshServer) -> None:
+        async with await connect_ssh(pinned_target(sshd), key_credential(sshd), timeouts=FAST) as session:
+            running = await session.start("/bin/sh -s", stdin=b"x=41\necho $((x + 1))\nexit 3\n")
+            result = await running.wait(timeout_s=10)
+        assert (result.stdout, result.exit_code) == ("42\n", 3)
+
+
+class TestCipher:
+    async def test_aes_gcm_is_preferred(self, sshd: SshServer) -> None:
+        async with await connect_ssh(pinned_target(sshd), key_credential(sshd), timeouts=FAST) as session:
+            assert session._conn.get_extra_info("send_cipher") == "aes128-gcm@openssh.com"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import ssl
 import subprocess
@@ -168,3 +169,46 @@ class TestTls:
 
         assert result.stdout == "secure\n"
         assert peer.scheme == "https"
+
+
+class TestStandardInput:
+    async def test_stdin_is_sent_in_blocks_then_closed(self, winrm_peer: WinrmPeer) -> None:
+        data = bytes(range(256)) * 1000  # 256 KB: several Send messages
+        running = await client_for(winrm_peer).start("sha256sum", stdin=data)
+        result = await running.wait(timeout_s=20)
+
+        import hashlib
+
+        assert result.stdout.split()[0] == hashlib.sha256(data).hexdigest()
+        assert winrm_peer.count("Send") == 4
+
+    async def test_a_start_canceled_while_the_shell_opens_runs_nothing(
+        self, winrm_peer: WinrmPeer, tmp_path: Path
+    ) -> None:
+        marker = tmp_path / "ran"
+        client = client_for(winrm_peer)
+        original = client._protocol
+
+        def slow_protocol():  # type: ignore[no-untyped-def]
+            protocol = original()
+            open_shell = protocol.open_shell
+
+            def delayed(*args, **kwargs):  # type: ignore[no-untyped-def]
+                import time
+
+                time.sleep(0.5)
+                return open_shell(*args, **kwargs)
+
+            protocol.open_shell = delayed  # type: ignore[method-assign]
+            return protocol
+
+        client._protocol = slow_protocol  # type: ignore[method-assign]
+        task = asyncio.ensure_future(client.start(f"touch {marker}"))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(1.5)
+
+        assert not marker.exists()
+        assert winrm_peer.count("Command") == 0

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -78,6 +79,17 @@ def create_outbox_tables(op: Any) -> None:
 async def enqueue(session: AsyncSession, table: Table, topic: str, event: dict[str, Any]) -> None:
     await session.execute(insert(table).values(event_id=str(event["id"]), topic=topic,
                                                payload=json.dumps(event)))
+    notify_on_commit(session)
+
+
+async def enqueue_many(session: AsyncSession, table: Table,
+                       events: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """Many `(topic, event)` in one statement, published in this order."""
+    if not events:
+        return
+    await session.execute(insert(table), [
+        {"event_id": str(event["id"]), "topic": topic, "payload": json.dumps(event)}
+        for topic, event in events])
     notify_on_commit(session)
 
 
