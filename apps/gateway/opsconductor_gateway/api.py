@@ -7,6 +7,7 @@ import logging
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Scope
 
 from opsconductor_core.context import outgoing_headers
 from opsconductor_core.problems import NotFound, ServiceUnavailable, TooManyRequests, Unauthorized
@@ -84,6 +85,22 @@ class Gateway:
         if (scope["method"], path) not in PUBLIC_ROUTES:
             principal = await self.authenticate(request)
 
+        headers = self.forwarded_headers(scope)
+        body = await request.body()
+        params = request.query_params.multi_items() if scope.get("query_string") else None
+
+        upstream = await self.invoke(app_id, scope["method"], upstream_path(raw_path),
+                                      content=body or None, headers=headers, params=params)
+        task = None
+        if (principal is not None and upstream.status < 400
+                and self.activity.due(principal.subject)):
+            task = BackgroundTask(self.activity.publish, principal.subject)
+        return Response(upstream.body, status_code=upstream.status,
+                        headers=returned_headers(upstream), background=task)
+
+    def forwarded_headers(self, scope: Scope) -> dict[str, str]:
+        """What a service sees of the client's request: the headers it may act on, the
+        request's context, and the real client address."""
         headers: dict[str, str] = {}
         for key, value in scope["headers"]:
             name = FORWARDED_REQUEST_HEADERS.get(key)
@@ -94,17 +111,7 @@ class Gateway:
         # Overwrites whatever the client claimed: services trust this for per-address limits.
         headers["X-Forwarded-For"] = client[0] if client else "unknown"
         headers["X-Forwarded-Proto"] = forwarded_proto(scope, self.settings.trust_forwarded_proto)
-        body = await request.body()
-        params = request.query_params.multi_items() if scope.get("query_string") else None
-
-        upstream = await self._invoke(app_id, scope["method"], upstream_path(raw_path),
-                                      content=body or None, headers=headers, params=params)
-        task = None
-        if (principal is not None and upstream.status < 400
-                and self.activity.due(principal.subject)):
-            task = BackgroundTask(self.activity.publish, principal.subject)
-        return Response(upstream.body, status_code=upstream.status,
-                        headers=_returned_headers(upstream), background=task)
+        return headers
 
     async def openapi_index(self, request: Request) -> Response:
         await self.authenticate(request)
@@ -115,16 +122,17 @@ class Gateway:
         app_id = request.path_params["app_id"]
         if app_id not in self.documented:
             raise NotFound("No such service")
-        upstream = await self._invoke(app_id, "GET", "/openapi.json",
+        upstream = await self.invoke(app_id, "GET", "/openapi.json",
                                       headers=outgoing_headers())
         if not upstream.ok:
             raise ServiceUnavailable(f"The {app_id} service did not return its OpenAPI document")
         return JSONResponse(public_openapi(upstream.json()))
 
-    async def _invoke(self, app_id: str, method: str, path: str, *, content: bytes | None = None,
-                      headers: dict[str, str] | None = None,
-                      params: list[tuple[str, str]] | None = None) -> InvokeResponse:
-        timeout = self.settings.upstream_timeout_s
+    async def invoke(self, app_id: str, method: str, path: str, *, content: bytes | None = None,
+                     headers: dict[str, str] | None = None,
+                     params: dict[str, str] | list[tuple[str, str]] | None = None,
+                     timeout_s: float | None = None) -> InvokeResponse:
+        timeout = self.settings.upstream_timeout_s if timeout_s is None else timeout_s
         try:
             return await self.runtime.invoke(app_id, method, path, content=content,
                                              headers=headers, params=params, timeout_s=timeout)
@@ -141,7 +149,7 @@ class Gateway:
             raise UpstreamFailed(f"The {app_id} service call failed") from None
 
 
-def _returned_headers(upstream: InvokeResponse) -> dict[str, str]:
+def returned_headers(upstream: InvokeResponse) -> dict[str, str]:
     headers: dict[str, str] = {}
     for key, value in upstream.headers.items():
         name = key.lower()

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from opsconductor_core.settings import BaseServiceSettings
@@ -51,6 +51,23 @@ class Settings(BaseServiceSettings):
     # including the deny-list, so this only saves repeated signature checks here). 0 disables.
     auth_cache_s: float = 5.0
     content_security_policy: str = DEFAULT_CSP
+    # Live output (SSE). Messages a connection may have waiting before it is marked for resync
+    # (a slow reader is then served from storage and never holds up delivery to the others).
+    sse_queue_size: int = 2000
+    # Quiet this long: read storage once (heals best-effort output events that were lost); the
+    # wait doubles while the stream stays quiet, up to sse_idle_poll_max_s.
+    sse_idle_poll_s: float = 2.0
+    sse_idle_poll_max_s: float = 10.0
+    sse_ping_s: float = 15.0
+    # Stored messages per read (an output chunk holds up to 64 KiB).
+    sse_page_size: int = 200
+    # A sequence number missing from storage while later ones exist is waited for this long
+    # (its transaction may still be committing), then skipped (it may never have committed).
+    sse_hole_grace_s: float = 2.0
+    # Token the runtime presents (header dapr-api-token) when it delivers events to the gateway;
+    # defaults to the sidecar's APP_API_TOKEN in Dapr mode. Without one, only in-process
+    # deliveries (the embedded host) are accepted.
+    delivery_token: str | None = Field(default=None, repr=False)
 
     @field_validator("services", "cors_origins", mode="before")
     @classmethod
@@ -79,11 +96,19 @@ class Settings(BaseServiceSettings):
         return origins
 
     @field_validator("rate_per_address", "rate_per_user", "burst_per_address", "burst_per_user",
-                     "upstream_timeout_s", "health_timeout_s", "auth_cache_s")
+                     "upstream_timeout_s", "health_timeout_s", "auth_cache_s", "sse_hole_grace_s")
     @classmethod
     def _not_negative(cls, value: float) -> float:
         if value < 0:
             raise ValueError("must not be negative")
+        return value
+
+    @field_validator("sse_queue_size", "sse_idle_poll_s", "sse_idle_poll_max_s", "sse_ping_s",
+                     "sse_page_size")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be positive")
         return value
 
     def resolved_frontend_dir(self) -> Path | None:

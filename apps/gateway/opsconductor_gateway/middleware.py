@@ -1,6 +1,9 @@
-"""Pure-ASGI layers on the hot path: security headers, the per-address rate limit and CORS."""
+"""Pure-ASGI layers on the hot path: security headers, the per-address rate limit and CORS, and
+the runtime-only routes."""
 
 from __future__ import annotations
+
+import hmac
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -15,6 +18,21 @@ CORS_REQUEST_HEADERS = ("authorization", "content-type", "accept", "if-match", "
 CORS_EXPOSED_HEADERS = b"X-Correlation-ID, Retry-After, Location, ETag, WWW-Authenticate, " \
                        b"Content-Disposition"
 PREFLIGHT_MAX_AGE = b"600"
+
+# Routes only the runtime calls: subscription discovery and event deliveries.
+RUNTIME_PREFIXES = ("/dapr/", "/events/")
+DELIVERY_TOKEN_HEADER = b"dapr-api-token"
+
+
+def from_runtime(scope: Scope, token: str | None) -> bool:
+    """Did the runtime send this request (and not a client of the public port)?"""
+    if token:
+        presented = next((v for k, v in scope["headers"] if k == DELIVERY_TOKEN_HEADER), b"")
+        return hmac.compare_digest(presented, token.encode())
+    # The embedded host calls apps in-process: its ASGI transport reports peer port 0 (no TCP
+    # connection has it) and no server `state` (ASGI servers add one to every socket request).
+    client = scope.get("client")
+    return client is not None and client[1] == 0 and "state" not in scope
 
 
 def forwarded_proto(scope: Scope, trust_forwarded_proto: bool) -> str:
@@ -70,11 +88,16 @@ class EdgePolicyMiddleware:
 
     A listed origin is echoed back; an unlisted one (or "null") never is. Preflights are answered
     here without authentication; a refused preflight gets a 403 problem and no CORS headers.
+
+    The runtime's routes (event deliveries) answer only the runtime, which presents
+    `runtime_token` (Dapr's app token) or, without one, calls in-process; they skip the limit
+    (a busy execution delivers many events) and CORS. Anyone else is told nothing is there.
     """
 
     def __init__(self, app: ASGIApp, *, cors_origins: list[str],
-                 client_limit: TokenBuckets) -> None:
+                 client_limit: TokenBuckets, runtime_token: str | None = None) -> None:
         self.app = app
+        self.runtime_token = runtime_token
         self.origins = frozenset(o.encode("latin-1") for o in cors_origins)
         self.limit = client_limit
         self.allowed_methods = frozenset(CORS_METHODS)
@@ -89,6 +112,13 @@ class EdgePolicyMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if scope["path"].startswith(RUNTIME_PREFIXES):
+            if from_runtime(scope, self.runtime_token):
+                await self.app(scope, receive, send)
+            else:
+                await problem_response(404, "Not found", "Nothing at this path",
+                                       slug="not-found")(scope, receive, send)
             return
         origin = request_method = request_headers = None
         for key, value in scope["headers"]:

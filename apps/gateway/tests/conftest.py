@@ -208,3 +208,14 @@ def raw_call(runtime: RecordingRuntime, make_settings: Callable[..., Settings]) 
         return start["status"], response_headers, b"".join(m.get("body", b"") for m in sent[1:])
 
     return call
+
+
+@pytest.fixture
+def in_process() -> Callable[[Any], httpx.AsyncClient]:
+    """A client that reaches the app the way the embedded host does (in-process, port 0)."""
+
+    def build(app: Any) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 0))
+        return httpx.AsyncClient(transport=transport, base_url="http://gateway")
+
+    return build

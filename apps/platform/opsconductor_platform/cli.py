@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -257,3 +258,77 @@ def _run_import(file: Path, *, url: str, token: str, dry_run: bool, batch: int,
     console.print(f"created {done['created']}, updated {done['updated']}, "
                   f"unchanged {done['unchanged']} (of {total})")
     return 0
+
+
+@app.command("run")
+def run_job(
+    job: Annotated[str, typer.Argument(help="The job's id or exact name.")],
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", "-p", help="A parameter value, name=value; repeat for more. Required secret "
+        "parameters left out are asked for.")] = None,
+    target_tag: Annotated[list[str] | None, typer.Option(
+        "--target-tag", help="Run on the targets with every one of these tags instead of the "
+        "job's own selection; repeat for more.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f",
+                                         help="Show the live output until it ends.")] = False,
+    url: Annotated[str, typer.Option(help="The platform's address.")] = "http://127.0.0.1:8080",
+    username: Annotated[str | None, typer.Option(
+        help="Log in as this user (password from OPSC_PASSWORD or a prompt); without it the "
+        "token in OPSC_TOKEN is used.")] = None,
+) -> None:
+    """Start a job; prints the execution id. With --follow, shows each target's output and a
+    progress line, and exits 0 only if the execution succeeded (1 otherwise, 2 on usage or
+    authentication errors)."""
+    from opsconductor_platform.follow import (
+        USAGE,
+        ApiSession,
+        CliError,
+        Display,
+        Follower,
+        parameter_values,
+        resolve_job,
+        start_run,
+    )
+
+    token = os.environ.get("OPSC_TOKEN")
+    if not username and not token:
+        typer.echo("Set OPSC_TOKEN to an access or API token, or give --username.", err=True)
+        raise typer.Exit(USAGE)
+    interactive = sys.stdin.isatty()
+
+    def ask_secret(name: str) -> str:
+        return getpass.getpass(f"{name} (secret): ")
+
+    session = ApiSession(url, token=None if username else token)
+    try:
+        if username:
+            password = os.environ.get("OPSC_PASSWORD")
+            if password is None:
+                if not interactive:
+                    raise CliError("Set OPSC_PASSWORD (no terminal to ask for the password).",
+                                   USAGE)
+                password = getpass.getpass(f"Password for {username}: ")
+            session.login(username, password)
+        found = resolve_job(session, job)
+        values = parameter_values(found, param or [], ask_secret if interactive else None)
+        execution_id = start_run(session, str(found["id"]), values, target_tag or [])
+        typer.echo(execution_id)
+        if not follow:
+            return
+        display = Display(sys.stdout, sys.stderr, tty=sys.stderr.isatty())
+        try:
+            status = Follower(session, execution_id, display).run()
+        except KeyboardInterrupt:
+            typer.echo(f"\nstopped following; execution {execution_id} goes on", err=True)
+            raise typer.Exit(130) from None
+        typer.echo(f"execution {execution_id} {status}", err=True)
+        if status != "succeeded":
+            raise typer.Exit(1)
+    except CliError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(exc.code) from None
+    except httpx.HTTPError as exc:
+        typer.echo(f"cannot reach {url}: {type(exc).__name__}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        session.close()

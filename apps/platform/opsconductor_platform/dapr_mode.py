@@ -238,9 +238,10 @@ class DaprPlatform:
         public = hosted.app_id == GATEWAY
         host = opts.host if public else "127.0.0.1"
         app_port = opts.port if public else free_port()
-        # The gateway is the public edge: browsers call it directly, so it has no app token.
+        # Every app gets an app token. The gateway is also the public edge: it requires the token
+        # only on the routes its sidecar calls (event deliveries), never on browser traffic.
         sidecar = await self.start_sidecar(hosted.app_id, app_port=app_port, app_host=host,
-                                           app_token=None if public else secrets.token_urlsafe(32))
+                                           app_token=secrets.token_urlsafe(32))
         self.sidecars[hosted.app_id] = sidecar
         assert self.files is not None
         uvicorn = [

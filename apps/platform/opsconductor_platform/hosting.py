@@ -60,6 +60,8 @@ HOSTED_APPS: tuple[HostedApp, ...] = (
     HostedApp("users", "opsconductor_users"),
     HostedApp("auth", "opsconductor_auth"),
     HostedApp("targets", "opsconductor_targets"),
+    HostedApp("jobs", "opsconductor_jobs"),
+    HostedApp("executor", "opsconductor_executor"),
     HostedApp("gateway", "opsconductor_gateway", has_database=False),
 )
 
