@@ -34,6 +34,10 @@ export OPSC_TEST_POSTGRES_URL
 # The Dapr tier: daprd and sentry built from their Go module (cached), Redis and RabbitMQ.
 banner "dapr tier: daprd, sentry, redis, rabbitmq"
 eval "$("$REPO_ROOT/scripts/dapr-tier.sh")"
+# The deployment tier: kustomize renders tilt/ for the manifest tests, Tilt runs `tilt ci`
+# (both built from their Go modules and cached; tests/deploy finds them in .cache/).
+banner "deploy tier: kustomize, tilt"
+TILT_BUILD_PROCS="${TILT_BUILD_PROCS:-2}" "$REPO_ROOT/scripts/build-tilt.sh" >/dev/null
 # Shown without its password.
 say "OPSC_TEST_POSTGRES_URL=$(printf '%s' "$OPSC_TEST_POSTGRES_URL" | sed -E 's#(://[^:/@]+):[^@]*@#\1:***@#')"
 
