@@ -283,13 +283,18 @@ class TestCrashRecovery:
             job = admin.post("/api/v1/jobs", json={
                 "name": "slow-rollout", "targets": {"tags": ["app"]}, "concurrency": 2,
                 "steps": [{"name": "deploy", "kind": "command",
-                           "command": "echo deploying; sleep 4; echo deployed"}]})
+                           "command": "echo deploying; sleep 8; echo deployed"}]})
             execution_id = admin.post(f"/api/v1/jobs/{job.json()['id']}/run",
                                       json={}).json()["execution_id"]
-            deadline = time.monotonic() + 30
-            while admin.get(f"/api/v1/executions/{execution_id}").json()["counts"][
-                    "running"] < 2 and time.monotonic() < deadline:
-                time.sleep(0.1)
+            # Kill once two targets printed: their step was dispatched and is still sleeping.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                started = [t for t, text in output_by_target(admin, execution_id).items()
+                           if "deploying" in text]
+                if len(started) >= 2:
+                    break
+                time.sleep(0.05)
+            assert len(started) == 2, started
         platform.kill()
         platform.start()
         token = platform.login("admin", ADMIN_PASSWORD)["access_token"]
