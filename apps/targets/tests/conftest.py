@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import json
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -19,18 +18,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from sqlalchemy import MetaData, select
+from sqlalchemy import select
 
 from opsconductor_contracts.components import CREDENTIAL_MASTER_KEY_SECRET
 from opsconductor_contracts.permissions import ALL_PERMISSIONS
-from opsconductor_contracts.security import runtime_authenticator
-from opsconductor_core.tokens import (
-    SigningKey,
-    generate_private_pem,
-    new_access_claims,
-    sign,
-    signing_key,
-)
+from opsconductor_core.tokens import SigningKey, generate_private_pem, signing_key
 from opsconductor_db.database import ServiceDatabase
 from opsconductor_targets.config import Settings
 from opsconductor_targets.keyring import Keyring
@@ -38,6 +30,14 @@ from opsconductor_targets.main import MIGRATIONS_DIR, create_app
 from opsconductor_targets.models import Credential, Target
 from opsconductor_testing.databases import migrated_database
 from opsconductor_testing.runtime import RecordingRuntime
+from opsconductor_testing.service_app import (
+    OutboxReader,
+    TokenMinter,
+    assert_absent,
+    database_dump,
+    serving,
+    trust_test_key,
+)
 from opsconductor_testing.winrm_peer import WinrmPeer
 
 PASSWORD = "Sup3r-Secret-Target-Passw0rd"
@@ -76,7 +76,7 @@ async def db(database_url: str) -> AsyncIterator[ServiceDatabase]:
 
 
 @dataclass
-class World:
+class World(OutboxReader):
     """The running app plus helpers to mint tokens, make targets and read events."""
 
     password = PASSWORD
@@ -88,19 +88,13 @@ class World:
     runtime: RecordingRuntime
     signing: SigningKey
     settings: Settings
+    minter: TokenMinter
     bodies: list[str] = field(default_factory=list)  # every response body, for leak checks
-    _tokens: dict[tuple[str, ...], str] = field(default_factory=dict)
     user_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     def auth(self, perms: list[str] | None = None) -> dict[str, str]:
         perms = list(ALL_PERMISSIONS) if perms is None else perms
-        key = tuple(sorted(perms))
-        if key not in self._tokens:
-            claims = new_access_claims(subject=self.user_id, issuer=self.settings.jwt_issuer,
-                                       audience=self.settings.jwt_audience, ttl_s=300,
-                                       extra={"name": "olga", "roles": [], "perms": perms})
-            self._tokens[key] = sign(self.signing, claims)
-        return {"Authorization": f"Bearer {self._tokens[key]}"}
+        return {"Authorization": f"Bearer {self.minter.token(self.user_id, perms=perms)}"}
 
     async def create(self, perms: list[str] | None = None, **body: Any) -> dict[str, Any]:
         body.setdefault("name", f"t-{uuid.uuid4().hex[:8]}")
@@ -110,19 +104,6 @@ class World:
         assert response.status_code == 201, response.text
         result: dict[str, Any] = response.json()
         return result
-
-    async def events(self) -> list[dict[str, Any]]:
-        """Publish what the outbox holds (the relay is paused in tests) and return all so far."""
-        while await self.app.state.relay.flush_once():
-            pass
-        return [p.event for p in self.runtime.published]
-
-    async def drain(self) -> None:
-        await self.events()
-        self.runtime.published.clear()
-
-    async def topics(self) -> list[str]:
-        return [e["type"] for e in await self.events()]
 
     async def row(self, target_id: str) -> Target | None:
         async with self.app.state.db.transaction() as session:
@@ -138,21 +119,7 @@ class World:
             return len((await session.scalars(select(Target.id))).all())
 
     async def database_dump(self) -> bytes:
-        """Every row of every table (both databases), plus the SQLite files' raw bytes."""
-        chunks: list[bytes] = []
-        db: ServiceDatabase = self.app.state.db
-        async with db.engine.connect() as conn:
-            metadata = MetaData()
-            await conn.run_sync(metadata.reflect)
-            for table in metadata.sorted_tables:
-                for row in (await conn.execute(select(table))).all():
-                    chunks.append(repr(tuple(row)).encode())
-                    chunks += [v for v in row if isinstance(v, bytes)]
-        if db.url.startswith("sqlite"):
-            path = Path(db.url.split("///", 1)[1])
-            for candidate in path.parent.glob(path.name + "*"):
-                chunks.append(candidate.read_bytes())
-        return b"\n".join(chunks)
+        return await database_dump(self.app.state.db)
 
     @staticmethod
     def assert_absent(haystack: Any, *secrets: str) -> None:
@@ -175,22 +142,10 @@ def make_world(settings: Settings, runtime: RecordingRuntime,
     async def factory(**overrides: Any) -> AsyncIterator[World]:
         app_settings = settings.model_copy(update=overrides)
         app = create_app(runtime, app_settings)
-
-        async def jwks() -> dict[str, Any]:
-            return {"keys": [signing.public_jwk]}
-
-        app.state.authenticator = runtime_authenticator(runtime, app_settings, fetch_jwks=jwks)
-        bodies: list[str] = []
-
-        async def record(response: httpx.Response) -> None:
-            await response.aread()
-            bodies.append(response.text)
-
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://targets",
-                                         event_hooks={"response": [record]}) as client:
-                yield World(app, client, runtime, signing, app_settings, bodies=bodies)
+        trust_test_key(app, runtime, app_settings, signing)
+        async with serving(app, "http://targets") as served:
+            yield World(app, served.client, runtime, signing, app_settings,
+                        TokenMinter(signing, app_settings), bodies=served.bodies)
 
     return factory
 
@@ -199,21 +154,6 @@ def make_world(settings: Settings, runtime: RecordingRuntime,
 async def world(make_world: WorldFactory) -> AsyncIterator[World]:
     async with make_world() as running:
         yield running
-
-
-def assert_absent(haystack: Any, *secrets: str) -> None:
-    """No secret, and no line of a multi-line secret (a key), anywhere in `haystack`."""
-    if isinstance(haystack, bytes):
-        text = haystack
-    elif isinstance(haystack, str):
-        text = haystack.encode()
-    else:
-        text = json.dumps(haystack, default=str).encode()
-    for secret in secrets:
-        pieces = [secret, *(line.strip() for line in secret.splitlines())]
-        for piece in pieces:
-            if len(piece) >= 8 and not piece.startswith("-----"):
-                assert piece.encode() not in text, "a secret leaked"
 
 
 @pytest.fixture

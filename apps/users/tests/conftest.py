@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +13,11 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from opsconductor_contracts.security import runtime_authenticator
-from opsconductor_core.tokens import (
-    SigningKey,
-    generate_private_pem,
-    new_access_claims,
-    sign,
-    signing_key,
-)
+from opsconductor_core.tokens import SigningKey, generate_private_pem, signing_key
 from opsconductor_db.database import ServiceDatabase
 from opsconductor_testing.databases import migrated_database
 from opsconductor_testing.runtime import RecordingRuntime
+from opsconductor_testing.service_app import OutboxReader, TokenMinter, serving, trust_test_key
 from opsconductor_users.config import Settings
 from opsconductor_users.main import MIGRATIONS_DIR, create_app
 from opsconductor_users.models import User
@@ -59,7 +53,7 @@ async def db(database_url: str) -> AsyncIterator[ServiceDatabase]:
 
 
 @dataclass
-class World:
+class World(OutboxReader):
     """The running app plus helpers to make users, mint their tokens and read events."""
 
     password = PASSWORD  # every user made by `user()` gets this unless told otherwise
@@ -70,25 +64,13 @@ class World:
     runtime: RecordingRuntime
     signing: SigningKey
     settings: Settings
-    _tokens: dict[tuple[Any, ...], str] = field(default_factory=dict)
+    minter: TokenMinter
 
     def token(self, user: dict[str, Any], *, perms: list[str] | None = None,
               roles: list[str] | None = None) -> str:
-        # Signing parses the PEM each time (~50 ms), so one token per identity per test.
-        key = (str(user["id"]), tuple(perms or ()), tuple(roles or ()), perms is None,
-               roles is None)
-        if key not in self._tokens:
-            self._tokens[key] = self._sign(user, perms=perms, roles=roles)
-        return self._tokens[key]
-
-    def _sign(self, user: dict[str, Any], *, perms: list[str] | None,
-              roles: list[str] | None) -> str:
-        extra = {"name": user["username"],
-                 "roles": user["roles"] if roles is None else roles,
-                 "perms": user["permissions"] if perms is None else perms}
-        claims = new_access_claims(subject=str(user["id"]), issuer=self.settings.jwt_issuer,
-                                   audience=self.settings.jwt_audience, ttl_s=300, extra=extra)
-        return sign(self.signing, claims)
+        return self.minter.token(str(user["id"]), name=user["username"],
+                                 roles=user["roles"] if roles is None else roles,
+                                 perms=user["permissions"] if perms is None else perms)
 
     def auth(self, user: dict[str, Any], **kwargs: Any) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(user, **kwargs)}"}
@@ -111,19 +93,6 @@ class World:
         async with self.app.state.db.transaction() as session:
             return await session.get(User, uuid.UUID(str(user_id)))
 
-    async def events(self) -> list[dict[str, Any]]:
-        """Publish what the outbox holds (the relay is paused in tests) and return all so far."""
-        while await self.app.state.relay.flush_once():
-            pass
-        return [p.event for p in self.runtime.published]
-
-    async def drain(self) -> None:
-        await self.events()
-        self.runtime.published.clear()
-
-    async def topics(self) -> list[str]:
-        return [e["type"] for e in await self.events()]
-
     @staticmethod
     def assert_no_secret(payload: Any, *secrets: str) -> None:
         assert_no_secret(payload, *secrets)
@@ -133,15 +102,10 @@ class World:
 async def world(settings: Settings, runtime: RecordingRuntime,
                 signing: SigningKey) -> AsyncIterator[World]:
     app = create_app(runtime, settings)
-
-    async def jwks() -> dict[str, Any]:
-        return {"keys": [signing.public_jwk]}
-
-    app.state.authenticator = runtime_authenticator(runtime, settings, fetch_jwks=jwks)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://users") as client:
-            yield World(app, client, runtime, signing, settings)
+    trust_test_key(app, runtime, settings, signing)
+    async with serving(app, "http://users") as served:
+        yield World(app, served.client, runtime, signing, settings,
+                    TokenMinter(signing, settings))
 
 
 def assert_no_secret(payload: Any, *secrets: str) -> None:
