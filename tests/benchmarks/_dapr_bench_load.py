@@ -9,7 +9,9 @@ from the results by timestamp.
 
 from __future__ import annotations
 
+import base64
 import csv
+import json
 import math
 import os
 import re
@@ -200,6 +202,24 @@ def by_kind(stats: list[ProcessStats]) -> dict[str, dict[str, float]]:
 
 # -- one constant-rate run --------------------------------------------------------------------
 
+def failure_reason(code: int, error: str, body_b64: str) -> str:
+    """Why one request failed, in a few words: the client's own error (timeout), the sidecar's
+    error (breaker open, app unhealthy...: what tells an overload from a broken route), or the
+    status the app answered with."""
+    if error:
+        return "client: " + ("timeout" if "deadline exceeded" in error else error[:60])
+    try:
+        body = json.loads(base64.b64decode(body_b64))
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and str(body.get("errorCode", "")).startswith("ERR_"):
+        detail = str(body.get("message", "")).rsplit("err: ", 1)[-1]
+        return f"sidecar {code} {body['errorCode']}: {detail[:80]}"
+    if isinstance(body, dict) and body.get("title"):
+        return f"app {code}: {str(body['title'])[:60]}"
+    return f"HTTP {code}"
+
+
 @dataclass
 class Target:
     name: str
@@ -235,6 +255,7 @@ def attack(vegeta: Path, target: Target, rate: int, warmup_s: int, duration_s: i
     latencies: list[float] = []
     per_second: dict[int, list[float]] = {}
     sent, errors, codes = 0, 0, {}  # type: ignore[var-annotated]
+    reasons: dict[str, int] = {}
     last_sent_ns, last_done_ns = cut_ns, cut_ns
     for row in csv.reader(csv_text.splitlines()):
         ts, code, latency_ns, error = int(row[0]), int(row[1]), int(row[2]), row[5]
@@ -246,6 +267,8 @@ def attack(vegeta: Path, target: Target, rate: int, warmup_s: int, duration_s: i
         codes[str(code)] = codes.get(str(code), 0) + 1
         if error or not 200 <= code < 300:
             errors += 1
+            why = failure_reason(code, error, row[6])
+            reasons[why] = reasons.get(why, 0) + 1
         latencies.append(latency_ns / 1e6)  # every request, failed ones too: nothing hidden
         per_second.setdefault((ts - cut_ns) // 1_000_000_000, []).append(latency_ns / 1e6)
     results.unlink(missing_ok=True)
@@ -258,7 +281,8 @@ def attack(vegeta: Path, target: Target, rate: int, warmup_s: int, duration_s: i
         "offered_rps": sent / max(1e-9, (last_sent_ns - cut_ns) / 1e9),
         # Answers per second until the last answer came: below the offered rate when saturated.
         "ok_rps": (sent - errors) / max(1e-9, (last_done_ns - cut_ns) / 1e9),
-        "errors": errors, "status_codes": codes, **latency_summary(latencies),
+        "errors": errors, "status_codes": codes, "error_reasons": reasons,
+        **latency_summary(latencies),
         "p50_first_5s_ms": latency_summary(
             [x for s, v in per_second.items() if s < 5 for x in v])["p50_ms"],
         "p50_last_5s_ms": latency_summary(

@@ -169,7 +169,8 @@ def run_mode(mode: str, args: argparse.Namespace, vegeta: Path, work: Path) -> l
                 row["mode"], row["settled_s"] = mode, settled_s
                 rows.append(row)
                 print(f"   p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, "
-                      f"errors {row['errors']}/{row['sent']}", file=sys.stderr, flush=True)
+                      f"errors {row['errors']}/{row['sent']} {row['error_reasons'] or ''}",
+                      file=sys.stderr, flush=True)
     return rows
 
 
@@ -196,6 +197,12 @@ def latency_table(rows: list[dict[str, Any]], rate: int) -> list[str]:
              ("users /healthz via 2 sidecars", "users /healthz direct", "sidecars only: /healthz"),
              ("users /users/me via 2 sidecars", "users /users/me direct",
               "sidecars only: /users/me")]
+    failing = [r for r in at if r.get("error_reasons")]
+    if failing:
+        out += ["", "Why requests failed (sidecar errors tell an overload's breaker and health "
+                "gate from a broken route):", ""]
+        out += [f"- {r['target']}: " + ", ".join(f"{n} x {why}" for why, n in sorted(
+            r["error_reasons"].items(), key=lambda kv: -kv[1])) for r in failing]
     named = {r["target"]: r for r in at}
     lines = []
     for slow, fast, label in pairs:

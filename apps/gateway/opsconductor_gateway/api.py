@@ -136,8 +136,10 @@ class Gateway:
         try:
             return await self.runtime.invoke(app_id, method, path, content=content,
                                              headers=headers, params=params, timeout_s=timeout)
-        except AppUnavailable:
-            log.warning("service unavailable", extra={"app_id": app_id})
+        except AppUnavailable as exc:
+            # The reason (sidecar error code: breaker open, app unhealthy, access denied...) is
+            # what tells an overload from an outage; it never holds request data.
+            log.warning("service unavailable", extra={"app_id": app_id, "reason": str(exc)})
             raise ServiceUnavailable(f"The {app_id} service is unavailable") from None
         except TimeoutError:
             log.warning("service timed out", extra={"app_id": app_id})

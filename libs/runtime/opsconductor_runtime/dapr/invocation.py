@@ -1,43 +1,48 @@
-"""Service invocation through the SDK's HTTP client, keeping the called app's answer whole.
+"""Service invocation over the sidecar's HTTP API, on one pooled connection set per runtime.
 
-The SDK's invocation client turns every non-2xx answer into an exception without the response
-headers; callers here need them (problem+json content type, Retry-After, WWW-Authenticate).
-This subclass hands every answer back, and tells an answer of the called app from an error of
-the sidecars (unknown app, access denied by policy, breaker open, timeout).
+The SDK's HTTP client (`DaprHttpClient.send_bytes`) opens a new aiohttp session, so a new TCP
+connection to the sidecar, for every call, and turns every non-2xx answer into an exception
+without the response headers. Under load the first costs a connect, a session and a teardown per
+call in the app and in its sidecar, and leaves a TIME_WAIT socket behind each; the second loses
+what callers here need (problem+json content type, Retry-After, WWW-Authenticate). This module
+sends the same request the SDK would (same URL, token and headers, read from the SDK's settings
+at call time) on a long-lived session, hands every answer back, and tells an answer of the
+called app from an error of the sidecars (unknown app, access denied by policy, breaker open,
+app unhealthy, timeout).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import aiohttp
-from dapr.clients.exceptions import DaprInternalError
-from dapr.clients.http.client import DaprHttpClient
+from dapr.clients.http.conf import (
+    CONTENT_TYPE_HEADER,
+    DAPR_API_TOKEN_HEADER,
+    DAPR_USER_AGENT,
+    USER_AGENT_HEADER,
+)
 from dapr.clients.http.helpers import get_api_url
-from dapr.serializers import DefaultJSONSerializer
+from dapr.conf import settings
 
 from opsconductor_runtime.interface import AppUnavailable, InvokeResponse
 
 CONTENT_TYPE = "Content-Type"
+# The SDK's default when a call names no content type.
+DEFAULT_CONTENT_TYPE = "application/json; charset=utf-8"
+# Connections kept open to the sidecar. Calls beyond this wait for a free one: the queue stays
+# in this process instead of becoming ever more sockets against an already busy sidecar.
+MAX_CONNECTIONS = 128
+# Below the idle timeout of daprd's HTTP server, so a pooled connection is not reused just as
+# the sidecar closes it.
+KEEPALIVE_S = 15.0
 
 
 def lowercase(headers: Any) -> dict[str, str]:
     """Header names as the embedded adapter (httpx) gives them: lower case."""
     return {str(k).lower(): str(v) for k, v in headers.items()}
-
-
-class _Answered(DaprInternalError):
-    """A non-2xx response, carried out of the SDK's `send_bytes` intact."""
-
-    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        super().__init__(f"HTTP {status}")
-        self.response = InvokeResponse(status, body, headers)
-
-
-class _KeepAnswers(DaprHttpClient):
-    async def convert_to_error(self, response: aiohttp.ClientResponse) -> DaprInternalError:
-        return _Answered(response.status, await response.read(), lowercase(response.headers))
 
 
 def sidecar_error(response: InvokeResponse) -> str | None:
@@ -57,30 +62,51 @@ def sidecar_error(response: InvokeResponse) -> str | None:
 
 
 class Invoker:
-    """One per runtime (the SDK client keeps no connection between calls)."""
+    """One per runtime: a pooled aiohttp session to the app's own sidecar, opened on first use
+    in the running event loop and closed with the runtime."""
 
-    def __init__(self, default_timeout_s: int = 60) -> None:
-        # The constructor blocks until the sidecar answers its health check: build it only
-        # once the sidecar is known to be up.
-        self._client = _KeepAnswers(DefaultJSONSerializer(), default_timeout_s)
+    def __init__(self, max_connections: int = MAX_CONNECTIONS) -> None:
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _pooled(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            # A session belongs to the loop it was made in (a test may run several loops).
+            connector = aiohttp.TCPConnector(limit=self._max_connections,
+                                             keepalive_timeout=KEEPALIVE_S)
+            self._session = aiohttp.ClientSession(connector=connector)
+            self._loop = loop
+        return self._session
 
     async def call(self, app_id: str, method: str, path: str, *, body: bytes | None,
                    headers: dict[str, str], params: Any, timeout_s: float) -> InvokeResponse:
         url = f"{get_api_url()}/invoke/{app_id}/method/{path.lstrip('/')}"
+        sent = dict(headers)
+        if not any(k.lower() == "content-type" for k in sent):
+            sent[CONTENT_TYPE_HEADER] = DEFAULT_CONTENT_TYPE
+        if settings.DAPR_API_TOKEN:
+            sent[DAPR_API_TOKEN_HEADER] = settings.DAPR_API_TOKEN
+        sent[USER_AGENT_HEADER] = DAPR_USER_AGENT
         try:
-            data, response = await self._client.send_bytes(
-                method=method.upper(), url=url, data=body, headers=dict(headers),
-                query_params=params, timeout=timeout_s)  # type: ignore[arg-type]
-        except _Answered as answered:
-            result = answered.response
-            code = sidecar_error(result)
-            if code is not None:
-                detail = json.loads(result.body).get("message", "")
-                raise AppUnavailable(f"{app_id}: {code} ({result.status}): {detail}") from None
-            return result
+            async with self._pooled().request(
+                    method.upper(), url, data=body, headers=sent, params=params,
+                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+                result = InvokeResponse(response.status, await response.read(),
+                                        lowercase(response.headers))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AppUnavailable(f"{app_id}: sidecar unreachable or too slow: {exc!r}") from exc
-        return InvokeResponse(response.status, data, lowercase(response.headers))
+        code = sidecar_error(result)
+        if code is not None:
+            detail = json.loads(result.body).get("message", "")
+            raise AppUnavailable(f"{app_id}: {code} ({result.status}): {detail}")
+        return result
+
+    async def close(self) -> None:
+        session, self._session, self._loop = self._session, None, None
+        if session is not None and not session.closed:
+            await session.close()
 
 
 def request_headers(headers: dict[str, str], content_type: str | None) -> dict[str, str]:

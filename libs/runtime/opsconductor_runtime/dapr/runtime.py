@@ -2,9 +2,9 @@
 
 Configured the way the dapr SDK is, from the environment of the app process: DAPR_HTTP_PORT,
 DAPR_GRPC_PORT (and DAPR_RUNTIME_HOST), and DAPR_API_TOKEN, the token this app presents to its
-sidecar. Invocation goes over the sidecar's HTTP API (the SDK's HTTP client), everything else over
-gRPC (the SDK's async DaprClient). Each runtime owns its clients; they are created on first use,
-once the sidecar answers, so an app may start before its sidecar.
+sidecar. Invocation goes over the sidecar's HTTP API (invocation.Invoker: one pooled session),
+everything else over gRPC (the SDK's async DaprClient). Each runtime owns its clients; they are
+created on first use, once the sidecar answers, so an app may start before its sidecar.
 """
 
 from __future__ import annotations
@@ -202,6 +202,9 @@ class DaprRuntime:
         raise SecretNotFound(f"{store}/{key}")
 
     async def close(self) -> None:
-        client, self._client, self._invoker = self._client, None, None
+        client, invoker = self._client, self._invoker
+        self._client, self._invoker = None, None
+        if invoker is not None:
+            await invoker.close()
         if client is not None:
             await client.close()
