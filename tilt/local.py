@@ -64,7 +64,9 @@ def _options() -> Any:
         data_dir=prepare_data_dir(_data_dir()), pubsub=PubSub(env.get("OPSC_TILT_PUBSUB",
                                                                       "rabbitmq")),
         servers=servers, log_level=env.get("OPSC_LOG_LEVEL", "INFO"),
-        sidecar_log_level=env.get("OPSC_DAPR_LOG_LEVEL", "warn"))
+        sidecar_log_level=env.get("OPSC_DAPR_LOG_LEVEL", "warn"),
+        # One Sentry for sidecars started by separate processes: a known port, not a free one.
+        sentry_port=int(env.get("OPSC_TILT_SENTRY_PORT", "50001")))
 
 
 def _platform() -> Any:
@@ -75,15 +77,14 @@ def _platform() -> Any:
     options = _options()
     configure_logging(options.log_level)
     platform = DaprPlatform(options)
-    # One Sentry for sidecars started by separate processes: a known port instead of a free one.
-    platform.sentry_port = int(os.environ.get("OPSC_TILT_SENTRY_PORT", "50001"))
     platform.files = RunFiles(options.data_dir / "dapr")
     return platform
 
 
 async def _serve(name: str, start: Any, platform: Any) -> int:
     """Starts, marks `name` ready, runs until SIGTERM/SIGINT (Tilt stopping or restarting the
-    resource) or until a child ends; then stops every child this process started."""
+    resource) or until a child keeps ending (one that ends is restarted with backoff); then
+    stops every child this process started."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -129,9 +130,7 @@ def app(app_id: str) -> int:
     platform = _platform()
 
     async def start() -> None:
-        children = await platform.start_app(hosted)
-        sidecar = platform.sidecars[app_id]
-        await platform.wait_healthy(sidecar, sidecar.ports.app, children)
+        await platform.start_app(hosted)
 
     return asyncio.run(_serve(app_id, start, platform))
 

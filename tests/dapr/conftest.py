@@ -37,7 +37,10 @@ MakeRun = Callable[..., Awaitable[DaprPlatform]]
 async def dapr_run(tmp_path: Path, dapr_brokers: dict[str, str]) -> AsyncIterator[MakeRun]:
     runs: list[DaprPlatform] = []
 
-    async def make(pubsub: str = "rabbitmq") -> DaprPlatform:
+    async def make(pubsub: str = "rabbitmq", *, prepare: bool = True,
+                   **options: Any) -> DaprPlatform:
+        """A run on `pubsub`; `options` override DaprModeOptions fields; prepare=False leaves
+        the servers, databases, run files and Sentry to the test."""
         env = require_dapr(pubsub, dapr_brokers)
         servers = Servers(postgres_url=env["OPSC_POSTGRES_URL"],
                           rabbitmq_url=env.get("OPSC_RABBITMQ_URL", Servers.rabbitmq_url),
@@ -46,11 +49,12 @@ async def dapr_run(tmp_path: Path, dapr_brokers: dict[str, str]) -> AsyncIterato
         data_dir = tmp_path / f"data-{len(runs)}"
         data_dir.mkdir(mode=0o700)
         ensure_secret_file(data_dir / "secrets.json", SECRET_FACTORIES)
-        run = DaprPlatform(DaprModeOptions(host="127.0.0.1", port=0, data_dir=data_dir,
-                                           pubsub=PubSub(pubsub), servers=servers,
-                                           start_timeout_s=120.0))
+        run = DaprPlatform(DaprModeOptions(**{
+            "host": "127.0.0.1", "port": 0, "data_dir": data_dir, "pubsub": PubSub(pubsub),
+            "servers": servers, "start_timeout_s": 120.0, **options}))
         runs.append(run)
-        await run.prepare()
+        if prepare:
+            await run.prepare()
         return run
 
     try:

@@ -138,11 +138,9 @@ class TestAppToken:
         """A real service process (users), started as Dapr mode starts it."""
         run = await dapr_run()
         users = next(a for a in HOSTED_APPS if a.app_id == "users")
-        children = await run.start_app(users)
         gateway = await run.start_sidecar("gateway")
-        sidecar = run.sidecars["users"]
+        sidecar = (await run.start_app(users)).sidecar
         port = sidecar.ports.app
-        await run.wait_healthy(sidecar, port, children)
         await run.wait_healthy(gateway)
         assert sidecar.app_token
 

@@ -96,6 +96,39 @@ class RunningPlatform:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def process_ids(self, marker: str) -> list[int]:
+        """Running processes below this platform's own whose command line contains `marker`
+        (Dapr mode: e.g. "opsconductor_executor.main:create_app" is the executor app)."""
+        if self.process is None:
+            return []
+        parents: dict[int, int] = {}
+        # os.listdir, not Path.glob: glob stats each entry, which fails for a process that
+        # ended meanwhile.
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+                fields = Path(f"/proc/{name}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if fields and fields[0] != "Z":
+                parents[int(name)] = int(fields[1])
+        below: set[int] = set()
+        frontier = {self.process.pid}
+        while frontier:
+            frontier = {pid for pid, parent in parents.items() if parent in frontier} - below
+            below |= frontier
+        found = []
+        for pid in sorted(below):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if marker.encode() in argv:
+                found.append(pid)
+        return found
+
     def output(self) -> str:
         if self._log and not self._log.closed:
             self._log.flush()
