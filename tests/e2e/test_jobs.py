@@ -132,16 +132,6 @@ def output_by_target(client: httpx.Client, execution_id: str) -> dict[str, str]:
             return text
 
 
-def processes_running(text: str) -> list[int]:
-    """process_ids_matching, read again when a process vanished while /proc was being listed."""
-    for _ in range(10):
-        try:
-            return process_ids_matching(text)
-        except OSError:
-            continue
-    return process_ids_matching(text)
-
-
 HOSTILE = "; touch /tmp/opsc-pwned-{marker} $(id) `id` \"quoted\" 'single'\nnext line"
 
 
@@ -248,12 +238,12 @@ class TestResumeAndControl:
                 "steps": [{"name": "wait", "kind": "command", "command": f"sleep {sleep}"}]})
             execution_id = admin.post(f"/api/v1/jobs/{sleeper.json()['id']}/run",
                                       json={}).json()["execution_id"]
-            assert wait_until(lambda: len(processes_running(f"sleep {sleep}")) >= 10, 30)
+            assert wait_until(lambda: len(process_ids_matching(f"sleep {sleep}")) >= 10, 30)
             canceled_at = time.monotonic()
             assert admin.post(f"/api/v1/executions/{execution_id}/cancel").status_code == 202
             assert wait_final(admin, execution_id, 10)["status"] == "canceled"
             assert time.monotonic() - canceled_at < 5
-            assert wait_until(lambda: not processes_running(f"sleep {sleep}"), 30), \
+            assert wait_until(lambda: not process_ids_matching(f"sleep {sleep}"), 30), \
                 "a canceled command is still running on its target"
 
             # A dangerous step is refused until someone approves that exact text.

@@ -280,7 +280,10 @@ class DaprPlatform:
             argv += ["--app-port", str(ports.app), "--app-protocol", "http",
                      "--app-channel-address", _loopback(app_host),
                      "--enable-app-health-check", "--app-health-check-path", "/healthz",
-                     "--app-health-probe-interval", "3", "--app-health-threshold", "3"]
+                     # A busy app answers /healthz late, not never: at daprd's 500 ms default
+                     # a burst of load marked apps unhealthy and the sidecar refused all calls.
+                     "--app-health-probe-interval", "3", "--app-health-probe-timeout", "2000",
+                     "--app-health-threshold", "3"]
         argv += [
             "--dapr-http-port", str(ports.http), "--dapr-grpc-port", str(ports.grpc),
             "--dapr-listen-addresses", "127.0.0.1",

@@ -88,10 +88,12 @@ def loopback_addresses(count: int) -> list[str]:
 def process_ids_matching(text: str) -> list[int]:
     """Local processes whose command line contains `text` (the test sshd runs on this host)."""
     found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    # os.listdir, not Path.glob: glob stats each entry, and a process that exits meanwhile
+    # makes it raise outside any handler here.
+    for pid in (name for name in os.listdir("/proc") if name.isdigit()):
         with contextlib.suppress(OSError):
-            if text.encode() in cmdline.read_bytes().replace(b"\0", b" "):
-                found.append(int(cmdline.parent.name))
+            if text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" "):
+                found.append(int(pid))
     return found
 
 
