@@ -133,7 +133,13 @@ class SshServer:
         max_startups: int = 1000,
         max_sessions: int = 64,
         extra_config: Sequence[str] = (),
+        login_profile: bool = False,
     ) -> None:
+        """`login_profile`: let the login shell read the account's own startup files. Off by
+        default: bash sources ~/.bashrc for SSH commands, and a machine's .bashrc may run tools
+        (`pyenv init` rehashes under a lock) that take seconds when twenty logins start at once,
+        so a test's step timeout would measure the machine, not OpsConductor. Tests of a slow or
+        noisy login build one on purpose with ForceCommand."""
         if not addresses:
             raise ValueError("at least one listen address")
         self._own_dir = directory is None
@@ -142,6 +148,9 @@ class SshServer:
         self.max_startups = max_startups
         self.max_sessions = max_sessions
         self.extra_config = list(extra_config)
+        if not login_profile and not any(line.startswith("SetEnv") for line in extra_config):
+            # bash skips ~/.bashrc for a remote command when it is not the first shell level.
+            self.extra_config.append("SetEnv SHLVL=1")
         self.port = 0
         self.user = getpass.getuser()
         self._processes: list[subprocess.Popen[bytes]] = []
