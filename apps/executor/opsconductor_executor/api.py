@@ -124,11 +124,12 @@ async def read_output(execution_id: uuid.UUID, _: Reader, executions: Executions
 @router.post("/executions/{execution_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
 async def cancel_execution(execution_id: uuid.UUID, principal: Canceller,
                            executions: Executions, request: Request) -> dict[str, str]:
-    # Fast path: when this replica runs it, the engine hears it now (before the request is even
-    # stored), not at the owner's next heartbeat. Only a running execution is local, so a
-    # request that is refused below (404, 409) signals nothing.
-    _runner(request).cancel_local(execution_id)
     now = await executions.cancel(principal, execution_id)
+    # Fast path: when this replica runs it, the engine hears it now, not at the owner's next
+    # heartbeat. Only once the request is stored: a run stopped before that could reach its
+    # final state first, and end `canceled` with no cancel request on record. A request refused
+    # above (404, 409) signals nothing.
+    _runner(request).cancel_local(execution_id)
     return {"execution_id": str(execution_id), "status": now}
 
 

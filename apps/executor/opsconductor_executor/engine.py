@@ -327,6 +327,8 @@ class _TargetRun:
     started_at: datetime | None = None
     attempts: int = 0
     exit_code: int | None = field(default=None)
+    # The credential, asked for while the start is being stored (the first attempt uses it).
+    credential: asyncio.Future[TargetCredential | None] | None = None
 
     @property
     def target_id(self) -> str:
@@ -338,9 +340,18 @@ class _TargetRun:
         if ex.stopped.is_set():
             why = "canceled" if ex.stop_status == "canceled" else "the job's time limit ran out"
             return self._outcome(_Attempt(ex.stop_status or "canceled", error=f"{why} before it started"))
+        self.credential = asyncio.ensure_future(ex.credentials.get(self.target_id))
+        try:
+            return await self._attempts(plan.first_step, 1 + ex.run_request.retry.count)
+        finally:
+            if self.credential is not None:
+                # Not used (the start could not be stored): dropped quietly.
+                self.credential.cancel()
+                self.credential.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def _attempts(self, first_step: int, allowed: int) -> TargetOutcome:
+        ex, plan = self.ex, self.plan
         retry = ex.run_request.retry
-        allowed = 1 + retry.count
-        first_step = plan.first_step
         while True:
             self.attempts += 1
             await ex.hooks.target_started(self.target_id, self.attempts)
@@ -382,9 +393,11 @@ class _TargetRun:
                 steps = render_steps(ex.run_request.steps, ex.values, self.plan.protocol)
             except MissingParameter as exc:
                 return self._failed(str(exc), first_step)
+            prefetched, self.credential = self.credential, None
             try:
                 credential = await ex.race(
-                    ex.credentials.get(self.target_id), timeout_s=ex.settings.connect_timeout_s
+                    prefetched if prefetched is not None else ex.credentials.get(self.target_id),
+                    timeout_s=ex.settings.connect_timeout_s,
                 )
             except TimeoutError:
                 return self._failed("the target's credential could not be fetched in time", first_step)

@@ -39,6 +39,10 @@ async def on_execution_requested(db: ServiceDatabase, runner: Runner,
     except (ValidationError, ValueError):
         log.warning("malformed execution.requested dropped")
         return DROP
+    if runner.holds(execution_id):
+        # The fast path claimed it here: nothing to do, and no write transaction to queue behind
+        # the run's own (the claim is what makes a second delivery harmless).
+        return SUCCESS
     async with db.transaction() as session:
         if not await first_delivery(session, processed_events, event.id,
                                     topics.EXECUTION_REQUESTED):

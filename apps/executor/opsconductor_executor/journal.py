@@ -39,6 +39,7 @@ from opsconductor_executor.models import (
     TARGET_FINISHED,
     TIMED_OUT,
     Execution,
+    has_secrets,
 )
 from opsconductor_executor.repository import ExecutionRepository
 from opsconductor_executor.rules import TARGET_FINAL, counts, final_status
@@ -153,5 +154,6 @@ class Journal:
         await apply_changes(session, [self._entry(FINISHED, lambda seq: ExecutionFinished(
             execution_id=str(self.execution_id), job_id=self.job_id, seq=seq, status=status,
             counts=tally), topic=topics.EXECUTION_FINISHED)])
-        await repo.drop_secrets(self.execution_id)
+        if has_secrets(execution):
+            await repo.drop_secrets(self.execution_id)
         return status

@@ -3,6 +3,7 @@ sealed secret values an unfinished execution still needs."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
 
@@ -134,6 +135,11 @@ class ExecutionRecord(Base):
     # The chunk's text for output; the event payload as JSON for status records.
     data: Mapped[str] = mapped_column(Text)
     ts: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+def has_secrets(execution: Execution) -> bool:
+    """Whether the run was given secret values (they are sealed with their names kept)."""
+    return bool(json.loads(execution.secret_names))
 
 
 class ExecutionSecret(Base):

@@ -108,6 +108,7 @@ class OutputCollector:
         self.flush_bytes = flush_bytes
         self.buffer_bytes = max(buffer_bytes, flush_bytes)
         self._targets: dict[str, _Target] = {}
+        self._heard: set[str] = set()  # targets whose first chunk was queued
         self._pending: list[EngineChunk] = []
         self._pending_bytes = 0
         self._written = 0  # chunks queued so far
@@ -226,6 +227,11 @@ class OutputCollector:
         self._written += 1
         self._wake.set()
         if self._pending_bytes >= self.flush_bytes:
+            self._urgent.set()
+        elif chunk.target_id not in self._heard:
+            # A target's first words go out at once (an operator waits for them); what follows
+            # is batched.
+            self._heard.add(chunk.target_id)
             self._urgent.set()
 
     async def _room(self) -> None:

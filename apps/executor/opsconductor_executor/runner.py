@@ -27,7 +27,15 @@ from opsconductor_executor.config import Settings
 from opsconductor_executor.engine import Engine, TargetPlan
 from opsconductor_executor.hooks import RunCredentials, RunHooks
 from opsconductor_executor.journal import Journal, LeaseLost
-from opsconductor_executor.models import CANCELED, FAILED, QUEUED, RUNNING, TIMED_OUT, Execution
+from opsconductor_executor.models import (
+    CANCELED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    TIMED_OUT,
+    Execution,
+    has_secrets,
+)
 from opsconductor_executor.recording import GroupWriter, LivePublisher
 from opsconductor_executor.repository import ExecutionRepository
 from opsconductor_executor.rules import Resume, Settle, TargetState, plan_target
@@ -119,6 +127,10 @@ class Runner:
     def running_ids(self) -> list[uuid.UUID]:
         return list(self._active)
 
+    def holds(self, execution_id: uuid.UUID) -> bool:
+        """Running here, or being claimed here right now."""
+        return execution_id in self._active or execution_id in self._claiming
+
     @property
     def has_room(self) -> bool:
         return len(self._active) + len(self._claiming) < self.settings.max_running_executions
@@ -190,8 +202,11 @@ class Runner:
             execution = await repo.get(execution_id)
             assert execution is not None
             spec = RunRequest.model_validate_json(execution.spec)
+            # Nothing is recorded before the first claim (it records `started`), so a queued
+            # execution's stream is empty: one query fewer on every run's way to its first output.
+            last_seq = 0 if execution.status == QUEUED else await repo.max_seq(execution_id)
             journal = Journal(execution_id, job_id=execution.job_id, actor=execution.requested_by,
-                              last_seq=await repo.max_seq(execution_id))
+                              last_seq=last_seq)
             taken_over = execution.status == RUNNING
             if execution.status == QUEUED:
                 execution.status = RUNNING
@@ -220,7 +235,8 @@ class Runner:
 
     async def _secret_values(self, repo: ExecutionRepository,
                              execution: Execution) -> tuple[dict[str, str], str | None]:
-        sealed = await repo.sealed_secrets(execution.id)
+        # Values are sealed only for a run given secret values, and their names are kept.
+        sealed = await repo.sealed_secrets(execution.id) if has_secrets(execution) else None
         if sealed is None:
             return {}, None
         try:

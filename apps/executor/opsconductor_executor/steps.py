@@ -25,6 +25,7 @@ import shlex
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import PureWindowsPath
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -274,13 +275,19 @@ class Runner(Protocol):
     def note(self, target_id: str, message: str) -> None: ...
 
 
+# Parsing a key and hashing it (twice) costs more than the rest of a pooled dispatch; a pin is
+# immutable, so each distinct text is parsed once (a malformed one is not cached: it raises).
+_pin_from_key = lru_cache(maxsize=4096)(HostKeyPin.from_public_key)
+_pin_parsed = lru_cache(maxsize=4096)(HostKeyPin.parse)
+
+
 def ssh_endpoint(credential: TargetCredential) -> tuple[SshTarget, SshCredential]:
     """Target and credential for the connectors; no pinned key → ConnectorError(host_key)."""
     try:
         if credential.host_key:
-            pin = HostKeyPin.from_public_key(credential.host_key)
+            pin = _pin_from_key(credential.host_key)
         elif credential.host_key_fingerprint:
-            pin = HostKeyPin.parse(credential.host_key_fingerprint)
+            pin = _pin_parsed(credential.host_key_fingerprint)
         else:
             raise ConnectorError(
                 Stage.HOST_KEY,

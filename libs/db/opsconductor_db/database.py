@@ -37,6 +37,13 @@ def sqlite_file(url: str) -> Path:
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if is_sqlite(url):
+        # A service keeps several sessions open at once (requests, the outbox relay, background
+        # work); past SQLAlchemy's default 5 pooled connections each extra one was opened and
+        # closed per use (a thread, the PRAGMAs). Sessions and connections roll back their own
+        # transaction on close, so the pool's rollback on return is one more thread hop.
+        kwargs.setdefault("pool_size", 20)
+        kwargs.setdefault("max_overflow", 20)
+        kwargs.setdefault("pool_reset_on_return", None)
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
 
         @event.listens_for(engine.sync_engine, "connect")

@@ -113,7 +113,8 @@ class OutboxRelay:
     """Publishes committed outbox rows; woken after each commit, and polls as a safety net."""
 
     def __init__(self, db: ServiceDatabase, table: Table, runtime: Runtime, pubsub: str, *,
-                 poll_interval_s: float = 1.0, batch_size: int = 100, paused: bool = False) -> None:
+                 poll_interval_s: float = 1.0, batch_size: int = 100, paused: bool = False,
+                 coalesce_s: float = 0.01) -> None:
         self._db = db
         self._table = table
         self._runtime = runtime
@@ -121,6 +122,7 @@ class OutboxRelay:
         self._poll = poll_interval_s
         self._batch = batch_size
         self._paused = paused
+        self._coalesce = coalesce_s
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
@@ -160,9 +162,15 @@ class OutboxRelay:
             timeout = min(self._poll * (2 ** min(self._failures, 5)), 30.0)
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands as
             # the event is set, and stop() would then wait for this loop forever.
+            woken = False
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wakeup.wait()
+                    woken = True
+            if woken and self._coalesce > 0:
+                # Commits landing close together (a run's last status changes, many runs at
+                # once) go out in one batch: one read and one delete instead of one each.
+                await asyncio.sleep(self._coalesce)
             self._wakeup.clear()
 
     async def flush_once(self) -> int:

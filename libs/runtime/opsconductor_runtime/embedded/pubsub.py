@@ -116,10 +116,16 @@ class EmbeddedBroker:
         if not rows:
             log.debug("no subscriber", extra={"topic": topic})
             return
-        await self._store.execute_many(
+        ids = await self._store.insert(
             "INSERT INTO deliveries (app_id, route, pubsub, topic, dead_letter_topic, payload, "
             "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        self._wakeup.set()
+        if self._worker is None:
+            self._wakeup.set()
+            return
+        # Stored (so a crash delivers them later); the first attempt starts now, without the
+        # delivery loop reading them back.
+        for delivery_id, (app_id, route, _, _, dead_letter, _, _) in zip(ids, rows, strict=True):
+            self._start(delivery_id, app_id, route, pubsub, topic, dead_letter, payload, 0)
 
     async def pending(self) -> int:
         rows = await self._store.fetch("SELECT COUNT(*) FROM deliveries")
@@ -145,18 +151,24 @@ class EmbeddedBroker:
             "SELECT id, app_id, route, pubsub, topic, dead_letter_topic, payload, attempts "
             "FROM deliveries WHERE next_attempt_at <= ? ORDER BY id LIMIT 500", (now,))
         for row in rows:
-            if row[0] in self._in_flight:
-                continue
-            self._in_flight.add(row[0])
-            task = asyncio.create_task(self._attempt(*row))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start(*row)
         upcoming = await self._store.fetch("SELECT MIN(next_attempt_at) FROM deliveries")
         next_at = upcoming[0][0] if upcoming and upcoming[0][0] is not None else None
         return 5.0 if next_at is None else max(0.01, min(5.0, next_at - time.time()))
 
+    def _start(self, delivery_id: int, app_id: str, route: str, pubsub: str, topic: str,
+               dead_letter_topic: str | None, payload: str, attempts: int) -> None:
+        if delivery_id in self._in_flight:
+            return
+        self._in_flight.add(delivery_id)
+        task = asyncio.create_task(self._attempt(delivery_id, app_id, route, pubsub, topic,
+                                                 dead_letter_topic, payload, attempts))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _attempt(self, delivery_id: int, app_id: str, route: str, pubsub: str, topic: str,
                        dead_letter_topic: str | None, payload: str, attempts: int) -> None:
+        delivered = False
         try:
             async with self._slots:
                 try:
@@ -170,6 +182,7 @@ class EmbeddedBroker:
                 if verdict == "DROP":
                     log.warning("subscriber dropped event", extra={"topic": topic, "app_id": app_id})
                 await self._store.execute("DELETE FROM deliveries WHERE id = ?", (delivery_id,))
+                delivered = True
                 return
             attempts += 1
             if attempts >= self.max_attempts:
@@ -182,7 +195,10 @@ class EmbeddedBroker:
                 (attempts, time.time() + delay, delivery_id))
         finally:
             self._in_flight.discard(delivery_id)
-            self._wakeup.set()
+            # A delivered row is gone: nothing for the loop to look at again. Anything else (a
+            # retry scheduled, a failure) changes when it must look next.
+            if not delivered:
+                self._wakeup.set()
 
     async def _dead_letter(self, delivery_id: int, app_id: str, pubsub: str, topic: str,
                            dead_letter_topic: str | None, payload: str) -> None:

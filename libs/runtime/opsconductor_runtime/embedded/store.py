@@ -69,6 +69,15 @@ class HostStore:
         rows = cursor.fetchall()
         return rows if rows else cursor.lastrowid
 
+    def _insert(self, sql: str, rows: list[tuple[Any, ...]]) -> list[int]:
+        assert self._conn is not None, "host store is not open"
+        with self._conn:
+            return [int(self._conn.execute(sql, row).lastrowid or 0) for row in rows]
+
+    async def insert(self, sql: str, rows: list[tuple[Any, ...]]) -> list[int]:
+        """Rows inserted in one transaction; their rowids in order."""
+        return list(await self._in_thread(self._insert, sql, rows))
+
     async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return await self._in_thread(self._run, sql, params, False)
 
