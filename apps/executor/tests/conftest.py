@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import secrets
 import time
 import uuid
@@ -21,19 +20,12 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import MetaData, select
+from sqlalchemy import select
 
 from opsconductor_contracts.components import EXECUTION_SECRETS_KEY_SECRET
 from opsconductor_contracts.jobspec import RunRequest, render
 from opsconductor_contracts.permissions import ALL_PERMISSIONS
-from opsconductor_contracts.security import runtime_authenticator
-from opsconductor_core.tokens import (
-    SigningKey,
-    generate_private_pem,
-    new_access_claims,
-    sign,
-    signing_key,
-)
+from opsconductor_core.tokens import SigningKey, generate_private_pem, signing_key
 from opsconductor_db.database import ServiceDatabase
 from opsconductor_executor.config import Settings
 from opsconductor_executor.engine import EngineChunk, TargetOutcome, TargetPlan
@@ -41,6 +33,13 @@ from opsconductor_executor.main import MIGRATIONS_DIR, create_app
 from opsconductor_executor.models import Execution, ExecutionTarget
 from opsconductor_testing.databases import migrated_database
 from opsconductor_testing.runtime import RecordingRuntime
+from opsconductor_testing.service_app import (
+    TokenMinter,
+    assert_absent,
+    database_dump,
+    serving,
+    trust_test_key,
+)
 
 FINAL = ("succeeded", "failed", "canceled", "timed_out", "interrupted")
 
@@ -198,21 +197,19 @@ class World:
     targets: FakeTargets
     bodies: list[str] = field(default_factory=list)
     user_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    _tokens: dict[tuple[str, ...], str] = field(default_factory=dict)
+    minter: TokenMinter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.minter = TokenMinter(self.signing, self.settings)
 
     @property
     def db(self) -> ServiceDatabase:
         return self.app.state.db  # type: ignore[no-any-return]
 
-    def auth(self, perms: Sequence[str] | None = None, *, kind: str = "user") -> dict[str, str]:
+    def auth(self, perms: Sequence[str] | None = None) -> dict[str, str]:
         perms = list(ALL_PERMISSIONS) if perms is None else list(perms)
-        key = (*sorted(perms), kind)
-        if key not in self._tokens:
-            claims = new_access_claims(subject=self.user_id, issuer=self.settings.jwt_issuer,
-                                       audience=self.settings.jwt_audience, ttl_s=300,
-                                       extra={"name": "olga", "roles": [], "perms": perms})
-            self._tokens[key] = sign(self.signing, claims)
-        return {"Authorization": f"Bearer {self._tokens[key]}"}
+        token = self.minter.token(self.user_id, perms=perms)
+        return {"Authorization": f"Bearer {token}"}
 
     @staticmethod
     def caller(app_id: str = "jobs") -> dict[str, str]:
@@ -296,34 +293,6 @@ async def target_rows(db: ServiceDatabase, execution_id: str) -> dict[str, Execu
         return {r.name: r for r in rows}
 
 
-async def database_dump(db: ServiceDatabase) -> bytes:
-    """Every row of every table (both databases), plus the SQLite files' raw bytes."""
-    chunks: list[bytes] = []
-    async with db.engine.connect() as conn:
-        metadata = MetaData()
-        await conn.run_sync(metadata.reflect)
-        for table in metadata.sorted_tables:
-            for row in (await conn.execute(select(table))).all():
-                chunks.append(repr(tuple(row)).encode())
-                chunks += [v for v in row if isinstance(v, bytes)]
-    if db.url.startswith("sqlite"):
-        path = Path(db.url.split("///", 1)[1])
-        for candidate in path.parent.glob(path.name + "*"):
-            chunks.append(candidate.read_bytes())
-    return b"\n".join(chunks)
-
-
-def assert_absent(haystack: Any, *needles: str) -> None:
-    if isinstance(haystack, bytes):
-        text = haystack
-    elif isinstance(haystack, str):
-        text = haystack.encode()
-    else:
-        text = json.dumps(haystack, default=str).encode()
-    for needle in needles:
-        assert needle.encode() not in text, "a secret leaked"
-
-
 WorldFactory = Callable[..., AbstractAsyncContextManager[World]]
 
 
@@ -338,22 +307,10 @@ def make_world(settings: Settings, runtime: RecordingRuntime, signing: SigningKe
         if engine != "real":
             app.state.runner.engine = engine
 
-        async def jwks() -> dict[str, Any]:
-            return {"keys": [signing.public_jwk]}
-
-        app.state.authenticator = runtime_authenticator(runtime, app_settings, fetch_jwks=jwks)
-        bodies: list[str] = []
-
-        async def record(response: httpx.Response) -> None:
-            await response.aread()
-            bodies.append(response.text)
-
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://executor",
-                                         event_hooks={"response": [record]}) as client:
-                yield World(app, client, runtime, signing, app_settings,
-                            app.state.runner.engine, fake_targets, bodies=bodies)
+        trust_test_key(app, runtime, app_settings, signing)
+        async with serving(app, "http://executor") as served:
+            yield World(app, served.client, runtime, signing, app_settings,
+                        app.state.runner.engine, fake_targets, bodies=served.bodies)
 
     return factory
 

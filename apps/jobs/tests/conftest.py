@@ -3,7 +3,6 @@ only) small stand-ins for the targets and executor services mounted at the runti
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -15,23 +14,22 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import MetaData, select
 
 from opsconductor_contracts.jobspec import RunRequest
 from opsconductor_contracts.permissions import ALL_PERMISSIONS
-from opsconductor_contracts.security import runtime_authenticator
-from opsconductor_core.tokens import (
-    SigningKey,
-    generate_private_pem,
-    new_access_claims,
-    sign,
-    signing_key,
-)
+from opsconductor_core.tokens import SigningKey, generate_private_pem, signing_key
 from opsconductor_db.database import ServiceDatabase
 from opsconductor_jobs.config import Settings
 from opsconductor_jobs.main import MIGRATIONS_DIR, create_app
 from opsconductor_testing.databases import migrated_database
 from opsconductor_testing.runtime import RecordingRuntime
+from opsconductor_testing.service_app import (
+    OutboxReader,
+    TokenMinter,
+    database_dump,
+    serving,
+    trust_test_key,
+)
 
 AUTHOR = ["jobs:read", "jobs:write", "jobs:run"]
 VIEWER = ["jobs:read"]
@@ -149,7 +147,7 @@ class FakeAuth:
 
 
 @dataclass
-class World:
+class World(OutboxReader):
     """The running app plus helpers to mint tokens, make jobs and read events."""
 
     app: Any
@@ -160,6 +158,7 @@ class World:
     targets: FakeTargets
     executor: FakeExecutor
     auth_service: FakeAuth
+    minter: TokenMinter
     bodies: list[str] = field(default_factory=list)  # every response body, for leak checks
     user_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
@@ -171,10 +170,8 @@ class World:
     def auth(self, perms: list[str] | None = None, *, user: str | None = None,
              roles: list[str] | None = None) -> dict[str, str]:
         perms = list(ALL_PERMISSIONS) if perms is None else perms
-        claims = new_access_claims(subject=user or self.user_id, issuer=self.settings.jwt_issuer,
-                                   audience=self.settings.jwt_audience, ttl_s=300,
-                                   extra={"name": "olga", "roles": roles or [], "perms": perms})
-        return {"Authorization": f"Bearer {sign(self.signing, claims)}"}
+        token = self.minter.token(user or self.user_id, perms=perms, roles=roles)
+        return {"Authorization": f"Bearer {token}"}
 
     def api_token(self, perms: list[str], *, user: str | None = None,
                   roles: list[str] | None = None) -> dict[str, str]:
@@ -205,48 +202,11 @@ class World:
                 and response.headers["content-type"].startswith("application/problem+json")
                 and response.json()["status"] == status)
 
-    async def events(self) -> list[dict[str, Any]]:
-        """Publish what the outbox holds (the relay is paused in tests) and return all so far."""
-        while await self.app.state.relay.flush_once():
-            pass
-        return [p.event for p in self.runtime.published]
-
-    async def drain(self) -> None:
-        await self.events()
-        self.runtime.published.clear()
-
-    async def topics(self) -> list[str]:
-        return [e["type"] for e in await self.events()]
-
     async def database_dump(self) -> bytes:
-        """Every row of every table, plus the SQLite files' raw bytes."""
-        chunks: list[bytes] = []
-        db: ServiceDatabase = self.app.state.db
-        async with db.engine.connect() as conn:
-            metadata = MetaData()
-            await conn.run_sync(metadata.reflect)
-            for table in metadata.sorted_tables:
-                for row in (await conn.execute(select(table))).all():
-                    chunks.append(repr(tuple(row)).encode())
-                    chunks.append(json.dumps([str(v) for v in row]).encode())
-        if db.url.startswith("sqlite"):
-            path = Path(db.url.split("///", 1)[1])
-            for candidate in path.parent.glob(path.name + "*"):
-                chunks.append(candidate.read_bytes())
-        return b"\n".join(chunks)
+        return await database_dump(self.app.state.db)
 
 
 WorldFactory = Callable[..., AbstractAsyncContextManager[World]]
-
-
-def bearer_app(app: FastAPI, runtime: RecordingRuntime, settings: Any,
-               signing: SigningKey) -> None:
-    """Verify tokens against the test signing key instead of asking the auth service."""
-
-    async def jwks() -> dict[str, Any]:
-        return {"keys": [signing.public_jwk]}
-
-    app.state.authenticator = runtime_authenticator(runtime, settings, fetch_jwks=jwks)
 
 
 @pytest.fixture
@@ -256,24 +216,15 @@ def make_world(settings: Settings, runtime: RecordingRuntime,
     async def factory(*, fakes: bool = True, **overrides: Any) -> AsyncIterator[World]:
         app_settings = settings.model_copy(update=overrides)
         app = create_app(runtime, app_settings)
-        bearer_app(app, runtime, app_settings, signing)
+        trust_test_key(app, runtime, app_settings, signing)
         targets, executor, auth = FakeTargets(), FakeExecutor(), FakeAuth()
         runtime.mount("auth", auth.app())
         if fakes:
             runtime.mount("targets", targets.app())
             runtime.mount("executor", executor.app())
-        bodies: list[str] = []
-
-        async def record(response: httpx.Response) -> None:
-            await response.aread()
-            bodies.append(response.text)
-
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://jobs",
-                                         event_hooks={"response": [record]}) as client:
-                yield World(app, client, runtime, signing, app_settings, targets, executor,
-                            auth, bodies=bodies)
+        async with serving(app, "http://jobs") as served:
+            yield World(app, served.client, runtime, signing, app_settings, targets, executor,
+                        auth, TokenMinter(signing, app_settings), bodies=served.bodies)
 
     return factory
 
