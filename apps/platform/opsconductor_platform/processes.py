@@ -145,6 +145,10 @@ def listen(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # uvicorn wraps an inherited --fd as AF_UNIX, so asyncio never sets TCP_NODELAY on the
+        # connections it accepts; small answers then waited for delayed ACKs (~40 ms a request).
+        # Accepted sockets inherit the option from the listener.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(address)
         sock.listen(2048)
     except OSError:

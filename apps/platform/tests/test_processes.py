@@ -182,3 +182,15 @@ class TestListen:
             other.listen()
             with pytest.raises(OSError):
                 listen("127.0.0.1", other.getsockname()[1])
+
+    def test_connections_it_accepts_send_small_answers_at_once(self) -> None:
+        # uvicorn treats a handed-over socket as AF_UNIX and leaves Nagle on; with it, every
+        # small answer waited ~40 ms for the client's delayed ACK.
+        listener = listen("127.0.0.1", 0)
+        try:
+            with socket.create_connection(listener.getsockname()):
+                accepted, _ = listener.accept()
+                with accepted:
+                    assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        finally:
+            listener.close()
