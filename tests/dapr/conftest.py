@@ -24,6 +24,7 @@ from starlette.routing import Route
 from opsconductor_platform.dapr_mode import DaprModeOptions, DaprPlatform, Sidecar
 from opsconductor_platform.dapr_setup import PubSub, Servers, free_port
 from opsconductor_platform.hosting import SECRET_FACTORIES
+from opsconductor_runtime.dapr import DaprRuntime
 from opsconductor_runtime.embedded.secrets import ensure_secret_file
 from opsconductor_testing.dapr import dapr_brokers, database_prefix, require_dapr
 from opsconductor_testing.postgres import drop_databases_with_prefix
@@ -108,6 +109,24 @@ class InProcessApp:
         self._server.should_exit = True
         if self._task is not None:
             await self._task
+
+
+@contextlib.asynccontextmanager
+async def gateway_calling_users_echo(run: DaprPlatform) -> AsyncIterator[tuple[DaprRuntime,
+                                                                                Sidecar]]:
+    """The gateway's runtime, through its own sidecar, and a users sidecar in front of
+    `echo_app`; both sidecars healthy."""
+    async with InProcessApp(echo_app()) as app:
+        users = await run.start_sidecar("users", app_port=app.port)
+        gateway = await run.start_sidecar("gateway")
+        await run.wait_healthy(users, app.port)
+        await run.wait_healthy(gateway)
+        with sdk_pointed_at(gateway):
+            runtime = DaprRuntime("gateway")
+            try:
+                yield runtime, gateway
+            finally:
+                await runtime.close()
 
 
 def echo_app() -> Starlette:

@@ -19,7 +19,7 @@ from opsconductor_core.context import correlation_id_var, traceparent_var
 from opsconductor_runtime.dapr import DaprRuntime
 from opsconductor_runtime.interface import ETagMismatch, SecretNotFound
 
-from .conftest import InProcessApp, MakeRun, echo_app, received, sdk_pointed_at
+from .conftest import MakeRun, gateway_calling_users_echo, received, sdk_pointed_at
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -115,24 +115,15 @@ class TestInvoke:
     async def test_calls_carry_context_and_answers_come_back_whole(self,
                                                                    dapr_run: MakeRun) -> None:
         run = await dapr_run()
-        async with InProcessApp(echo_app()) as app:
-            users = await run.start_sidecar("users", app_port=app.port)
-            gateway = await run.start_sidecar("gateway")
-            await run.wait_healthy(users, app.port)
-            await run.wait_healthy(gateway)
+        async with gateway_calling_users_echo(run) as (runtime, _):
             traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
             cid, tp = correlation_id_var.set("cid-dapr-42"), traceparent_var.set(traceparent)
             try:
-                with sdk_pointed_at(gateway):
-                    runtime = DaprRuntime("gateway")
-                    try:
-                        answer = await runtime.invoke(
-                            "users", "POST", "/users/search", json_body={"q": "olga"},
-                            headers={"X-Forwarded-For": "203.0.113.9", "Accept": "x/y"},
-                            params=[("tag", "a"), ("tag", "b")])
-                        refused = await runtime.invoke("users", "GET", "/users/teapot")
-                    finally:
-                        await runtime.close()
+                answer = await runtime.invoke(
+                    "users", "POST", "/users/search", json_body={"q": "olga"},
+                    headers={"X-Forwarded-For": "203.0.113.9", "Accept": "x/y"},
+                    params=[("tag", "a"), ("tag", "b")])
+                refused = await runtime.invoke("users", "GET", "/users/teapot")
             finally:
                 correlation_id_var.reset(cid)
                 traceparent_var.reset(tp)
