@@ -13,9 +13,10 @@ answer's headers, the first `output` message and `finished`. The runs are one at
 
 Shells: the target is root on a test sshd (libs/testing SshServer). Root's login shell here is
 bash, which sources ~/.bashrc (`pyenv init`: hundreds of ms of CPU) for every command sshd runs,
-unless SHLVL says it is not the first shell; `fast` runs its sshd with `SetEnv SHLVL=1`, `slow`
-without. The same job runs against each, so the difference is the remote shell alone. The floor
-row runs `echo hi` on an already open asyncssh connection from this process: the SSH part alone.
+unless SHLVL says it is not the first shell; `fast` runs the test sshd as it is (`SetEnv SHLVL=1`),
+`slow` with the login profile. The same job runs against each, so the difference is the remote
+shell alone. The floor row runs `echo hi` on an already open asyncssh connection from this
+process: the SSH part alone.
 
 Where the time goes: afterwards the stored timestamps of every run are read through the public
 API (execution created_at / started_at, the target's started_at, the first output chunk's ts,
@@ -64,7 +65,8 @@ from _targets import RESULTS_DIR, loadavg, tree_cpu_ms
 from opsconductor_testing.platform import ADMIN_PASSWORD, RunningPlatform, free_port
 from opsconductor_testing.sshd import SshServer
 
-SHELL_CONFIG = {"fast": ["SetEnv SHLVL=1"], "slow": []}
+# The test sshd skips the login profile unless asked; `slow` asks for it.
+LOGIN_PROFILE = {"fast": False, "slow": True}
 COMMAND = "echo hi"
 GOAL_P99_MS, GOAL_RUNS_PER_S = 100.0, 50.0
 TRACE_SETTLE_MS = 300.0  # traced runs: a pause after each, so its trailing work is its own
@@ -523,7 +525,7 @@ def register(admin: httpx.Client, server: SshServer, name: str) -> str:
 
 async def run_mode(mode: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     env, prefix = platform_env(mode)
-    servers = {shell: SshServer(work / f"sshd-{mode}-{shell}", extra_config=SHELL_CONFIG[shell])
+    servers = {shell: SshServer(work / f"sshd-{mode}-{shell}", login_profile=LOGIN_PROFILE[shell])
                for shell in args.shells}
     platform = RunningPlatform(data_dir=work / f"data-{mode}", port=free_port(), env=env,
                                log_path=work / f"platform-{mode}.log", runtime=mode,
@@ -584,7 +586,7 @@ async def run_mode(mode: str, args: argparse.Namespace, work: Path) -> dict[str,
 async def run_traced(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Embedded, fast shell, one run at a time with a pause after each, under the tracer."""
     env, _ = platform_env("embedded")
-    server = SshServer(work / "sshd-traced", extra_config=SHELL_CONFIG["fast"])
+    server = SshServer(work / "sshd-traced")
     platform = TracedPlatform(data_dir=work / "data-traced", port=free_port(), env=env,
                               log_path=work / "platform-traced.log")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

@@ -103,9 +103,7 @@ def setup(
 class TestCancel:
     async def test_five_hundred_targets_cancel_within_two_seconds(self, sshd_factory) -> None:  # type: ignore[no-untyped-def]
         addresses = loopback_addresses(200)
-        # Root's login shell here is bash, which sources ~/.bashrc (slow on this machine) for every
-        # command sshd runs, kill commands included, unless SHLVL says it is not the first shell.
-        server: SshServer = sshd_factory(addresses=addresses, extra_config=["SetEnv SHLVL=1"])
+        server: SshServer = sshd_factory(addresses=addresses)
         duration = unique_sleep()
         run, plans, recorder = setup(server, addresses, 500, f"sleep {duration}", concurrency=200)
         engine = Engine(
@@ -177,7 +175,7 @@ class TestCancel:
         assert not recorder.dispatched
 
     async def test_canceling_the_run_task_stops_the_remote_commands(self, sshd_factory) -> None:  # type: ignore[no-untyped-def]
-        server: SshServer = sshd_factory(extra_config=["SetEnv SHLVL=1"])
+        server: SshServer = sshd_factory()
         duration = unique_sleep()
         run, plans, recorder = setup(server, [server.host], 4, f"sleep {duration}", concurrency=4)
         engine = Engine(ssh_pool=SshPool())
