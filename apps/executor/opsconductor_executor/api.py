@@ -153,10 +153,11 @@ async def create_execution(run: RunRequest, executions: Executions, request: Req
                            response: Response,
                            _: Annotated[str, Depends(_caller(RUN_REQUEST_CALLERS))]
                            ) -> ExecutionCreated:
-    execution_id, created = await executions.create(run)
-    if created:
-        # Fast path: this replica claims it right after the commit; the event finds it taken.
-        _runner(request).kick(execution_id)
+    runner = _runner(request)
+    # Fast path: this replica claims it as it creates it; the event finds it taken.
+    execution_id, created = await executions.create(run, runner=runner)
+    if created and not runner.holds(execution_id):
+        runner.kick(execution_id)
     response.headers["Location"] = f"/executions/{execution_id}"
     return ExecutionCreated(execution_id=str(execution_id))
 

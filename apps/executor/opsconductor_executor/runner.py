@@ -51,6 +51,8 @@ class Prepared:
     plans: list[TargetPlan]
     journal: Journal
     started: set[str]
+    # What the transaction that claims it must also write (a claim at creation).
+    opening: list[Changes] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -167,6 +169,39 @@ class Runner:
         self._kicks.add(task)
         task.add_done_callback(self._kicks.discard)
 
+    # --- claim at creation ------------------------------------------------------------------------
+
+    def claim_new(self, execution: Execution, run: RunRequest) -> Prepared | None:
+        """Claim an execution in the transaction that creates it: the request's own replica runs
+        it without a second transaction (a run's first output waited on that claim). `run` is
+        the stored snapshot plus the secret values. None when this replica takes no more work;
+        the execution is then created queued and the event or a sweep finds it. After the
+        commit, `run_claimed`; if the transaction fails, `unclaim`."""
+        if not self.accepting or not self.has_room:
+            return None
+        now = utcnow()
+        execution.status = RUNNING
+        execution.owner = self.replica_id
+        execution.lease_until = now + timedelta(seconds=self.settings.lease_s)
+        execution.started_at = now
+        if run.timeout_s:
+            execution.deadline_at = now + timedelta(seconds=run.timeout_s)
+        journal = Journal(execution.id, job_id=execution.job_id, actor=execution.requested_by,
+                          last_seq=0)
+        plans = [TargetPlan(target_id=t.target_id, name=t.name, protocol=t.protocol,
+                            first_step=0, attempts_done=0) for t in run.targets]
+        self._claiming.add(execution.id)
+        return Prepared(run=run, plans=plans, journal=journal, started=set(),
+                        opening=[journal.started(execution.total_targets)])
+
+    def run_claimed(self, prepared: Prepared) -> None:
+        execution_id = prepared.journal.execution_id
+        self._claiming.discard(execution_id)
+        self._start(prepared)
+
+    def unclaim(self, execution_id: uuid.UUID) -> None:
+        self._claiming.discard(execution_id)
+
     # --- claim and run ---------------------------------------------------------------------------
 
     async def claim_and_run(self, execution_id: uuid.UUID, *, take_own: bool = False) -> bool:
@@ -178,18 +213,22 @@ class Runner:
             prepared = await self._claim(execution_id, take_own=take_own)
             if prepared is None:
                 return False
-            hooks = RunHooks(prepared.journal, steps=prepared.run.steps, writer=self.writer,
-                             live=self.live, started=prepared.started)
-            active = Active(hooks)
-            self._active[execution_id] = active
         except Exception:
             log.exception("claim failed", extra={"execution_id": str(execution_id)})
             return False
         finally:
             self._claiming.discard(execution_id)
+        self._start(prepared)
+        return True
+
+    def _start(self, prepared: Prepared) -> None:
+        execution_id = prepared.journal.execution_id
+        hooks = RunHooks(prepared.journal, steps=prepared.run.steps, writer=self.writer,
+                         live=self.live, started=prepared.started)
+        active = Active(hooks)
+        self._active[execution_id] = active
         active.task = asyncio.create_task(self._run(active, prepared),
                                           name=f"execution:{execution_id}")
-        return True
 
     async def _claim(self, execution_id: uuid.UUID, *, take_own: bool) -> Prepared | None:
         now = utcnow()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,6 +22,7 @@ from opsconductor_core.security import Principal
 from opsconductor_db.database import ServiceDatabase
 from opsconductor_db.repository import Page
 from opsconductor_db.types import utcnow
+from opsconductor_executor.changes import apply_changes
 from opsconductor_executor.config import Settings
 from opsconductor_executor.exceptions import (
     AlreadyFinished,
@@ -60,6 +61,9 @@ from opsconductor_executor.schemas import (
 )
 from opsconductor_executor.sealing import SecretBox, SecretsUnavailable
 
+if TYPE_CHECKING:
+    from opsconductor_executor.runner import Prepared, Runner
+
 log = logging.getLogger("opsconductor.executor.service")
 
 
@@ -73,8 +77,11 @@ class ExecutionService:
 
     # --- run requests ----------------------------------------------------------------------------
 
-    async def create(self, run: RunRequest) -> tuple[uuid.UUID, bool]:
-        """(execution id, created now). A repeated idempotency key answers the first run."""
+    async def create(self, run: RunRequest, *,
+                     runner: Runner | None = None) -> tuple[uuid.UUID, bool]:
+        """(execution id, created now). A repeated idempotency key answers the first run.
+        `runner`: this replica's runner claims the new execution in the same transaction when it
+        has room, and starts it once that commits."""
         self._validate(run)
         if run.idempotency_key:
             existing = await self._by_key(run)
@@ -82,15 +89,24 @@ class ExecutionService:
                 return existing, False
         if run.secret_values:
             await self._require_key()
+        prepared: Prepared | None = None
         try:
             async with self.db.transaction() as session:
-                execution_id = await self._insert(session, run)
+                execution_id, prepared = await self._insert(session, run, runner)
         except IntegrityError:
+            if runner is not None and prepared is not None:
+                runner.unclaim(prepared.journal.execution_id)
             # Two requests with one key raced; the other one's run is the answer.
             existing = await self._by_key(run) if run.idempotency_key else None
             if existing is None:
                 raise
             return existing, False
+        except BaseException:
+            if runner is not None and prepared is not None:
+                runner.unclaim(prepared.journal.execution_id)
+            raise
+        if runner is not None and prepared is not None:
+            runner.run_claimed(prepared)
         return execution_id, True
 
     def _validate(self, run: RunRequest) -> None:
@@ -142,18 +158,23 @@ class ExecutionService:
             self.settings.default_concurrency
         return max(1, min(asked, self.settings.max_concurrency))
 
-    async def _insert(self, session: AsyncSession, run: RunRequest) -> uuid.UUID:
+    async def _insert(self, session: AsyncSession, run: RunRequest,
+                      runner: Runner | None = None) -> tuple[uuid.UUID, Prepared | None]:
         execution_id = uuid.uuid4()
         snapshot = run.model_copy(update={"concurrency": self._concurrency(run)})
         spec = snapshot.model_dump_json(exclude={"secret_values", "idempotency_key"})
-        session.add(Execution(
+        execution = Execution(
             id=execution_id, job_id=run.job_id, job_name=run.job_name,
             job_version=run.job_version, status=QUEUED, trigger=run.trigger,
             requested_by=run.requested_by,
             retry_of=uuid.UUID(run.retry_of) if run.retry_of else None,
             idempotency_key=run.idempotency_key, spec=spec,
             secret_names=json.dumps(sorted(run.secret_values)),
-            total_targets=len(run.targets), created_at=utcnow(), cancel_requested=False))
+            total_targets=len(run.targets), created_at=utcnow(), cancel_requested=False)
+        # What a claim reads back from the stored spec, without reading it back.
+        prepared = runner.claim_new(execution, snapshot.model_copy(
+            update={"idempotency_key": None})) if runner is not None else None
+        session.add(execution)
         await session.flush()
         session.add_all([ExecutionTarget(
             execution_id=execution_id, target_id=t.target_id, position=i, name=t.name,
@@ -169,9 +190,12 @@ class ExecutionService:
                                                      job_id=run.job_id),
                                   actor=run.requested_by, resource_type=RESOURCE,
                                   resource_id=str(execution_id))
+        if prepared is not None:
+            await apply_changes(session, prepared.opening)
         log.info("execution requested", extra={"execution_id": str(execution_id),
-                                               "job_id": run.job_id, "targets": len(run.targets)})
-        return execution_id
+                                               "job_id": run.job_id, "targets": len(run.targets),
+                                               "claimed": prepared is not None})
+        return execution_id, prepared
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -285,7 +309,8 @@ class ExecutionService:
         if secret_values:
             await self._require_key()
         async with self.db.transaction() as session:
-            return await self._insert(session, run)
+            execution_id, _ = await self._insert(session, run)
+            return execution_id
 
     @staticmethod
     def _secret_values_again(spec: RunRequest, used: list[str],

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import World, WorldFactory
+    from conftest import Kit, World, WorldFactory
 
     from opsconductor_testing.runtime import RecordingRuntime
 
@@ -90,6 +91,21 @@ class TestCreate:
         for field in ("created_at", "started_at", "finished_at"):
             assert final[field].endswith("Z")
         assert final["created_at"] <= final["started_at"] <= final["finished_at"]
+
+    async def test_the_replica_that_accepts_a_run_has_started_it_when_it_answers(
+            self, make_world: WorldFactory, kit: Kit) -> None:
+        """The claim is part of the creating transaction: no queued moment, no second claim."""
+        engine = kit.ScriptedEngine(scripts={"web1": kit.Script(hang_at=0)})
+        async with make_world(engine=engine) as world:
+            execution_id = await world.submit(world.request(["web1"], timeout_s=600))
+            row = await world.execution(execution_id)
+            assert row["status"] == "running" and row["started_at"] is not None, row
+            assert [i["event"] for i in await world.stream(execution_id)] == ["started"]
+            events = [e["type"] for e in await world.events()]
+            assert events.index("execution.requested") < events.index("execution.started")
+            await asyncio.wait_for(engine.hanging.wait(), 30)
+            await world.client.post(f"/executions/{execution_id}/cancel", headers=world.auth())
+            assert (await world.wait_final(execution_id))["status"] == "canceled"
 
     async def test_an_idempotency_key_makes_one_execution(self, world: World) -> None:
         body = world.request(idempotency_key="schedule-42-2031-01-01T00:00")
