@@ -219,8 +219,7 @@ async def read_credential(target_id: uuid.UUID, request: Request,
         log.warning("credential request refused", extra={"target_id": str(target_id),
                                                          "caller": caller[:64] or None})
         raise CallerNotAllowed()
-    target = await targets.get(target_id)
-    secret = await targets.secret_of(target)
+    target, secret = await targets.with_secret(target_id)
     if secret is None or target.credential_type is None:
         raise CredentialNotFound()
     log.info("credential released", extra={"target_id": str(target.id), "caller": caller,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy.orm import raiseload
 
 from opsconductor_db.repository import (
     DEFAULT_LIMIT,
@@ -88,6 +89,16 @@ class CredentialRepository(Repository[Credential]):
 
     async def for_target(self, target_id: uuid.UUID) -> Credential | None:
         return await self.session.get(Credential, target_id)
+
+    async def with_target(self, target_id: uuid.UUID) -> tuple[Target, Credential | None] | None:
+        """A target and its sealed credential in one query (a run asks this for each target;
+        the target's tags are not loaded, and touching them raises)."""
+        row = (await self.session.execute(
+            select(Target, Credential)
+            .outerjoin(Credential, Credential.target_id == Target.id)
+            .where(Target.id == target_id)
+            .options(raiseload(Target.tag_rows)))).first()
+        return None if row is None else (row[0], row[1])
 
     async def wrapped_under_other_keys(self, active: str, *, limit: int,
                                        skip: Sequence[uuid.UUID] = ()) -> list[Credential]:

@@ -352,6 +352,14 @@ class TargetsService:
         row = await self.credentials.for_target(target.id)
         return None if row is None else await self.vault.open(row)
 
+    async def with_secret(self, target_id: uuid.UUID) -> tuple[Target, CredentialSecret | None]:
+        """A target and its opened credential, for a run (one query)."""
+        found = await self.credentials.with_target(target_id)
+        if found is None:
+            raise TargetNotFound()
+        target, row = found
+        return target, None if row is None else await self.vault.open(row)
+
     # --- host keys ---------------------------------------------------------------------------
 
     async def pin_host_key(self, principal: Principal, target_id: uuid.UUID,

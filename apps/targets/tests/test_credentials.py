@@ -197,6 +197,25 @@ class TestRotation:
         assert (await fetch(world, target["id"])).json()["password"] == "from-elsewhere"  # type: ignore[attr-defined]
 
 
+class TestExecutorRead:
+    async def test_an_unknown_target_or_one_without_a_credential_is_404(self,
+                                                                        world: World) -> None:
+        bare = await world.create()
+        for target_id in (str(uuid.uuid4()), bare["id"]):
+            response = await fetch(world, target_id)
+            assert response.status_code == 404  # type: ignore[attr-defined]
+            assert response.headers["content-type"].startswith(  # type: ignore[attr-defined]
+                "application/problem+json")
+
+    async def test_the_answer_carries_what_a_connection_needs(self, world: World) -> None:
+        target = await world.create(host="127.0.0.1", port=2222, tags=["web", "eu"],
+                                    credential={"type": "password", "password": PASSWORD})
+        got = (await fetch(world, target["id"])).json()  # type: ignore[attr-defined]
+        assert (got["host"], got["port"], got["protocol"]) == ("127.0.0.1", 2222, "ssh")
+        assert (got["credential_type"], got["password"]) == ("password", PASSWORD)
+        assert got["version"] == 1
+
+
 class TestExecutorOnly:
     @pytest.mark.parametrize("caller", [None, "gateway", "jobs", "Executor", "executor "])
     async def test_anyone_but_the_executor_is_403(self, world: World, caller: str | None) -> None:
