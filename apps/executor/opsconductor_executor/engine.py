@@ -329,6 +329,8 @@ class _TargetRun:
     exit_code: int | None = field(default=None)
     # The credential, asked for while the start is being stored (the first attempt uses it).
     credential: asyncio.Future[TargetCredential | None] | None = None
+    # The attempt's start being stored; the first step waits for it (see `_start_stored`).
+    start_write: asyncio.Future[None] | None = None
 
     @property
     def target_id(self) -> str:
@@ -354,9 +356,18 @@ class _TargetRun:
         retry = ex.run_request.retry
         while True:
             self.attempts += 1
-            await ex.hooks.target_started(self.target_id, self.attempts)
+            # Stored while the credential is fetched and the session checked out: the writer
+            # keeps order, and no step is dispatched before the start is stored.
+            self.start_write = asyncio.ensure_future(
+                ex.hooks.target_started(self.target_id, self.attempts))
             self.started_at = self.started_at or _now()
-            result = await self._attempt(first_step)
+            try:
+                result = await self._attempt(first_step)
+                await self._start_stored()
+            finally:
+                if self.start_write is not None:  # left by an exception: its error is not news
+                    self.start_write.add_done_callback(lambda f: f.cancelled() or f.exception())
+                    self.start_write = None
             if result.status == "succeeded" or result.stopped or self.attempts >= allowed:
                 return self._outcome(result)
             delay = retry.delay_s * retry.backoff ** (self.attempts - plan.attempts_done - 1)
@@ -370,6 +381,12 @@ class _TargetRun:
             except _Stopped as stop:
                 return self._outcome(_Attempt(stop.status, result.exit_code, result.error, stopped=True))
             first_step = result.failed_step
+
+    async def _start_stored(self) -> None:
+        """Wait until this attempt's start is stored (raising what storing it raised)."""
+        if self.start_write is not None:
+            write, self.start_write = self.start_write, None
+            await write
 
     def _outcome(self, result: _Attempt) -> TargetOutcome:
         return TargetOutcome(
@@ -452,6 +469,7 @@ class _TargetRun:
                 raise _Stopped(ex.stop_status or "canceled")
             limit = step.timeout_s or ex.settings.default_step_timeout_s
             label = f"step {step.index + 1} ({step.name})"
+            await self._start_stored()
             await ex.hooks.step_dispatched(self.target_id, step.index)
             exit_code: int | None = None
             try:

@@ -25,6 +25,7 @@ from opsconductor_executor.engine import (
     TargetOutcome,
     TargetPlan,
 )
+from opsconductor_executor.journal import LeaseLost
 from opsconductor_executor.output import MASK
 from opsconductor_testing.sshd import (
     SshServer,
@@ -491,6 +492,39 @@ class TestStepsAndRetries:
             retry=RetrySpec(count=1, delay_s=0),
         )
         assert (recorder.outcomes[tid].status, recorder.outcomes[tid].attempts) == ("failed", 2)
+
+    async def test_no_step_is_dispatched_before_the_attempts_start_is_stored(
+            self, sshd: SshServer, engine: Engine) -> None:
+        """The start is stored beside the credential fetch, never after the command was sent:
+        recovery reads a dispatched step as 'may have run' only with its start beside it."""
+
+        class SlowStart(Recorder):
+            async def target_started(self, target_id: str, attempt: int) -> None:
+                await asyncio.sleep(0.3)
+                await super().target_started(target_id, attempt)
+
+        [tid] = new_ids(1)
+        recorder = SlowStart({tid: credential_for(sshd, tid)})
+        run = make_run([{"name": "no", "kind": "command", "command": "exit 2"}], [tid],
+                       retry=RetrySpec(count=1, delay_s=0))
+        await execute(engine, run, recorder)
+        assert [e[0] for e in recorder.of(tid)] == [
+            "started", "dispatched", "step_finished", "started", "dispatched", "step_finished",
+            "finished"]
+
+    async def test_a_start_that_cannot_be_stored_sends_nothing(self, sshd: SshServer,
+                                                                engine: Engine) -> None:
+        class LostLease(Recorder):
+            async def target_started(self, target_id: str, attempt: int) -> None:
+                raise LeaseLost("taken over")
+
+        [tid] = new_ids(1)
+        recorder = LostLease({tid: credential_for(sshd, tid)})
+        await execute(engine, make_run([{"name": "s", "kind": "command",
+                                         "command": "echo hi"}], [tid]), recorder)
+        assert recorder.dispatched(tid) == []
+        assert "hi" not in recorder.text(tid)
+        assert recorder.outcomes[tid].status == "failed"
 
     async def test_resume_point_and_attempts_done(self, sshd: SshServer, engine: Engine) -> None:
         [tid] = new_ids(1)
