@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Generator
 from pathlib import Path
@@ -37,6 +38,10 @@ async def serve_embedded(host: str, port: int, data_dir: Path) -> None:
         while not server.started and not serving.done():  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
             await asyncio.sleep(0.05)
         if server.started:
+            # What start-up built (apps, routes, models, caches) lives as long as the process:
+            # out of the collector's sight, so a full collection does not walk it mid-request.
+            gc.collect()
+            gc.freeze()
             display_host = f"[{host}]" if ":" in host else host
             print(f"OpsConductor is up: http://{display_host}:{port}  (Ctrl-C stops it)",
                   flush=True)
