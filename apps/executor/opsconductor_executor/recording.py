@@ -189,7 +189,7 @@ class LivePublisher:
         while True:
             topic, event = await self._queue.get()
             try:
-                await self._runtime.publish(PUBSUB, topic, event)
+                await self._runtime.publish(PUBSUB, topic, event, transient=True)
             except Exception as exc:
                 # Best-effort: the chunks are stored, a consumer heals the gap from storage.
                 log.warning("live output not published", extra={"topic": topic,

@@ -153,9 +153,10 @@ class TestLivePublisher:
         gate = asyncio.Event()
 
         class SlowRuntime(RecordingRuntime):
-            async def publish(self, pubsub: str, topic: str, event: dict[str, Any]) -> None:
+            async def publish(self, pubsub: str, topic: str, event: dict[str, Any], *,
+                              transient: bool = False) -> None:
                 await gate.wait()
-                await super().publish(pubsub, topic, event)
+                await super().publish(pubsub, topic, event, transient=transient)
 
         runtime = SlowRuntime()
         live = LivePublisher(runtime, capacity=2)

@@ -69,8 +69,13 @@ class Runtime(Protocol):
         timeout_s: float = 10.0,
     ) -> InvokeResponse: ...
 
-    async def publish(self, pubsub: str, topic: str, event: dict[str, Any]) -> None:
-        """Publish a complete CloudEvent (its `id` is what consumers deduplicate on)."""
+    async def publish(self, pubsub: str, topic: str, event: dict[str, Any], *,
+                      transient: bool = False) -> None:
+        """Publish a complete CloudEvent (its `id` is what consumers deduplicate on).
+
+        `transient`: a live copy of something already stored (output chunks): delivered at most
+        once, and the embedded broker does not keep it; a consumer that misses it reads storage.
+        A broker that always keeps messages (Dapr's) may treat it as any other event."""
         ...
 
     async def get_state(self, store: str, key: str) -> StateItem | None: ...

@@ -128,6 +128,31 @@ class TestPubSub:
         finally:
             await host.close()
 
+    async def test_a_transient_event_is_delivered_once_and_never_kept(self,
+                                                                      tmp_path: Path) -> None:
+        """Live copies of stored data: a refused one is not retried, dead-lettered or stored."""
+        healthy = Subscriber()
+        host = await started_host(tmp_path, healthy)
+        try:
+            await host.runtime_for("pub").publish("pubsub", "thing.happened", event("live-1"),
+                                                  transient=True)
+            await wait_for(lambda: len(healthy.received) == 1)
+            assert healthy.received[0]["id"] == "live-1"
+        finally:
+            await host.close()
+
+        failing = Subscriber(fail_times=1000)
+        host = await started_host(tmp_path, failing)
+        try:
+            await host.runtime_for("pub").publish("pubsub", "thing.happened", event("live-2"),
+                                                  transient=True)
+            await wait_for(lambda: failing.attempts.get("live-2", 0) == 1)
+            assert await host.broker.pending() == 0
+            await asyncio.sleep(0.3)  # many backoff periods of this host
+            assert failing.attempts["live-2"] == 1 and failing.dead == []
+        finally:
+            await host.close()
+
     async def test_no_subscriber_means_nothing_is_queued(self, tmp_path: Path) -> None:
         host = await started_host(tmp_path, Subscriber())
         try:

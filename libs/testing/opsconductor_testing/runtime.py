@@ -65,7 +65,8 @@ class RecordingRuntime:
             )
         return InvokeResponse(response.status_code, response.content, dict(response.headers))
 
-    async def publish(self, pubsub: str, topic: str, event: dict[str, Any]) -> None:
+    async def publish(self, pubsub: str, topic: str, event: dict[str, Any], *,
+                      transient: bool = False) -> None:
         if self.fail_publish:
             from opsconductor_runtime.interface import PublishFailed
 

@@ -124,9 +124,11 @@ class DaprRuntime:
                                   timeout_s=timeout_s)
 
     # -- pub/sub -----------------------------------------------------------------------------
-    async def publish(self, pubsub: str, topic: str, event: dict[str, Any]) -> None:
+    async def publish(self, pubsub: str, topic: str, event: dict[str, Any], *,
+                      transient: bool = False) -> None:
         """The envelope is sent as a CloudEvent, so the sidecar keeps its id, source, type and
-        extensions (correlationid, actor, traceparent...) instead of wrapping it in its own."""
+        extensions (correlationid, actor, traceparent...) instead of wrapping it in its own.
+        `transient` changes nothing here: the broker keeps every message."""
         # The relay publishes outside any request: the event's own trace context applies.
         trace = traceparent_var.set(event.get("traceparent") or traceparent_var.get())
         try:

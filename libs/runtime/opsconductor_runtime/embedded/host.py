@@ -227,8 +227,9 @@ class EmbeddedRuntime:
                                     content=content, headers=headers, params=params,
                                     timeout_s=timeout_s)
 
-    async def publish(self, pubsub: str, topic: str, event: dict[str, Any]) -> None:
-        await self.host.broker.publish(pubsub, topic, event)
+    async def publish(self, pubsub: str, topic: str, event: dict[str, Any], *,
+                      transient: bool = False) -> None:
+        await self.host.broker.publish(pubsub, topic, event, transient=transient)
 
     async def get_state(self, store: str, key: str) -> StateItem | None:
         return self.host.state.get(store, key)

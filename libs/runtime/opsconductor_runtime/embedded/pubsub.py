@@ -3,7 +3,8 @@
 Subscriptions are read from each app's `/dapr/subscribe`; a published CloudEvent becomes one
 queued delivery per matching subscription in runtime.db (so it survives a crash), is POSTed to
 the subscriber's route, retried with exponential backoff on failure or `{"status": "RETRY"}`,
-and after the last attempt is moved to the subscription's dead-letter topic.
+and after the last attempt is moved to the subscription's dead-letter topic. A transient event
+(a live copy of stored data) is delivered once and never written down.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ class EmbeddedBroker:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def publish(self, pubsub: str, topic: str, event: dict[str, Any]) -> None:
+    async def publish(self, pubsub: str, topic: str, event: dict[str, Any], *,
+                      transient: bool = False) -> None:
         # Events published while apps start up wait until every subscription is known.
         await self._ready.wait()
         event = {**event, "topic": topic, "pubsubname": pubsub}
@@ -115,6 +117,14 @@ class EmbeddedBroker:
                 for s in self._subscriptions if s.pubsub == pubsub and s.topic == topic]
         if not rows:
             log.debug("no subscriber", extra={"topic": topic})
+            return
+        if transient:
+            # A copy of stored data: one attempt each, nothing written (a row and its delete per
+            # output batch was most of what live output cost the broker).
+            for app_id, route, *_ in rows:
+                task = asyncio.create_task(self._attempt_once(app_id, route, topic, payload))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             return
         ids = await self._store.insert(
             "INSERT INTO deliveries (app_id, route, pubsub, topic, dead_letter_topic, payload, "
@@ -165,6 +175,18 @@ class EmbeddedBroker:
                                                  dead_letter_topic, payload, attempts))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _attempt_once(self, app_id: str, route: str, topic: str, payload: str) -> None:
+        async with self._slots:
+            try:
+                verdict = outcome(await self._deliver(app_id, route, json.loads(payload)))
+            except Exception as exc:
+                log.warning("transient delivery failed", extra={
+                    "topic": topic, "app_id": app_id, "error": type(exc).__name__})
+                return
+        if verdict != "SUCCESS":
+            log.info("transient event not taken", extra={"topic": topic, "app_id": app_id,
+                                                         "verdict": verdict})
 
     async def _attempt(self, delivery_id: int, app_id: str, route: str, pubsub: str, topic: str,
                        dead_letter_topic: str | None, payload: str, attempts: int) -> None:
