@@ -252,7 +252,6 @@ async def test_five_hundred_targets_canceled_within_two_seconds(
         make_world: WorldFactory, sshd_factory: Callable[..., SshServer]) -> None:
     """Through the API: 200 commands running, 300 targets waiting; the cancel request to the
     execution's final state `canceled`, every target's end stored, in under two seconds."""
-    # bash would read ~/.bashrc for each command (slow here) unless it is not the first shell.
     server = sshd_factory(addresses=loopback_addresses(200))
     pause = unique_sleep()
     # The owner hears this cancel on the fast path: no need for quick heartbeats (less load).
