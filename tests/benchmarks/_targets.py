@@ -42,6 +42,7 @@ __all__ = [
     "cpu_ms",
     "loadavg",
     "raise_fd_limit",
+    "report",
     "rss_kb",
     "tree_cpu_ms",
     "tree_pids",
@@ -246,8 +247,23 @@ def loadavg() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
 
-def write_result(name: str, result: dict[str, object]) -> Path:
+def write_result(name: str, result: dict[str, object], stamp: str | None = None) -> Path:
+    """`<name>.json` (the latest run) and, given `stamp`, a kept copy `<name>-<stamp>.json`;
+    returns the path to cite."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
-    path.write_text(json.dumps(result, indent=2, default=str))
-    return path
+    text = json.dumps(result, indent=2, default=str)
+    latest = RESULTS_DIR / f"{name}.json"
+    latest.write_text(text)
+    if stamp is None:
+        return latest
+    kept = RESULTS_DIR / f"{name}-{stamp}.json"
+    kept.write_text(text)
+    return kept
+
+
+def report(name: str, result: dict[str, object], markdown: str) -> None:
+    """Keep the result (with its markdown) and print the markdown and where it was written."""
+    path = write_result(name, {**result, "markdown": markdown}, time.strftime("%Y%m%dT%H%M%S"))
+    shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+    print(markdown)
+    print(f"\nwritten: {shown}")

@@ -34,7 +34,6 @@ from urllib.parse import urlsplit
 
 import httpx
 from _dapr_bench_load import (
-    ROOT,
     Sampler,
     Target,
     attack,
@@ -45,6 +44,7 @@ from _dapr_bench_load import (
     vegeta_binary,
 )
 from _dapr_bench_pubsub import run_all as pubsub_runs
+from _targets import write_result
 
 from opsconductor_testing.dapr import database_prefix, rabbitmq_vhost
 from opsconductor_testing.platform import ADMIN_PASSWORD, RunningPlatform, free_port
@@ -304,13 +304,9 @@ def main() -> None:
     result = {"started": started, "cores": os.cpu_count(), "load_avg_start": load_start,
               "load_avg_end": os.getloadavg(), "warmup_s": args.warmup,
               "dapr_published": DAPR_PUBLISHED, "invocation": rows, "pubsub": pubsub}
-    out_dir = ROOT / ".cache" / "bench"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (f"dapr_latency-{started}.json", "dapr_latency.json"):
-        (out_dir / name).write_text(json.dumps(result, indent=2))
-
+    path = write_result("dapr_latency", result, started)
     print(render(result))
-    print(f"JSON: {out_dir / f'dapr_latency-{started}.json'}", file=sys.stderr)
+    print(f"JSON: {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

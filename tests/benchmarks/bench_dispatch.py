@@ -60,7 +60,7 @@ from urllib.parse import urlsplit
 
 import asyncssh
 import httpx
-from _targets import RESULTS_DIR, loadavg, tree_cpu_ms
+from _targets import RESULTS_DIR, loadavg, tree_cpu_ms, write_result
 
 from opsconductor_testing.platform import ADMIN_PASSWORD, RunningPlatform, free_port
 from opsconductor_testing.sshd import SshServer
@@ -715,10 +715,7 @@ def main() -> None:
                   "cores": os.cpu_count(), "command": COMMAND, "runs": args.runs,
                   "goals": {"p99_ms": GOAL_P99_MS, "runs_per_s": GOAL_RUNS_PER_S},
                   "results": results, "trace": trace}
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        for name in (f"dispatch-{stamp}.json", "dispatch.json"):
-            (RESULTS_DIR / name).write_text(json.dumps(report, indent=1, default=str))
-        return RESULTS_DIR / f"dispatch-{stamp}.json"
+        return write_result("dispatch", report, stamp)
 
     try:
         for mode in [m for m in args.modes.split(",") if m]:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from _ours import engine_import_error, make_side, target_credentials
-from _targets import LoopbackTargets, loadavg, raise_fd_limit, rss_kb, tree_pids, write_result
+from _targets import LoopbackTargets, loadavg, raise_fd_limit, report, rss_kb, tree_pids
 
 COMMAND = "uname -a"
 WARM_UP_TARGETS = 10
@@ -204,8 +204,7 @@ def main() -> None:
     with LoopbackTargets(args.connections) as targets:
         results = [measure(layer, targets, args) for layer in layers]
     load = {"before": load_before, "after": loadavg()}
-    report = markdown(results, args.connections, load)
-    path = write_result(
+    report(
         "executor_memory",
         {
             "connections": args.connections,
@@ -215,11 +214,9 @@ def main() -> None:
             "loadavg": load,
             "cores": os.cpu_count(),
             "results": results,
-            "markdown": report,
         },
+        markdown(results, args.connections, load),
     )
-    print(report)
-    print(f"\nwritten: {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
 
 
 if __name__ == "__main__":

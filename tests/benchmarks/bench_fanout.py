@@ -53,12 +53,11 @@ import time
 from collections.abc import Callable
 from functools import partial
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from _ours import engine_import_error, make_side, target_credentials
 from _rivals import ansible_run, ansible_startup, pssh_run, pssh_worker
-from _targets import LoopbackTargets, cpu_ms, loadavg, raise_fd_limit, write_result
+from _targets import LoopbackTargets, cpu_ms, loadavg, raise_fd_limit, report
 
 COMMAND = "uname -a"
 
@@ -308,8 +307,7 @@ def main() -> None:
             result = bench_one(targets, layers, args)
         result["ratios"] = ratios(result, args.concurrency)
         results.append(result)
-    report = markdown(results, args)
-    path = write_result(
+    report(
         "fanout",
         {
             "command": COMMAND,
@@ -323,11 +321,9 @@ def main() -> None:
             "uname": " ".join(platform.uname()),
             "versions": versions(),
             "results": results,
-            "markdown": report,
         },
+        markdown(results, args),
     )
-    print(report)
-    print(f"\nwritten: {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
 
 
 if __name__ == "__main__":
