@@ -89,22 +89,21 @@ class ExecutionService:
                 return existing, False
         if run.secret_values:
             await self._require_key()
-        prepared: Prepared | None = None
+        execution_id = uuid.uuid4()
         try:
             async with self.db.transaction() as session:
-                execution_id, prepared = await self._insert(session, run, runner)
-        except IntegrityError:
-            if runner is not None and prepared is not None:
-                runner.unclaim(prepared.journal.execution_id)
+                prepared = await self._insert(session, run, runner, execution_id=execution_id)
+        except BaseException as exc:
+            if runner is not None:
+                # Whatever failed (the insert, the commit, a cancel), the slot is given back.
+                runner.unclaim(execution_id)
+            if not isinstance(exc, IntegrityError):
+                raise
             # Two requests with one key raced; the other one's run is the answer.
             existing = await self._by_key(run) if run.idempotency_key else None
             if existing is None:
                 raise
             return existing, False
-        except BaseException:
-            if runner is not None and prepared is not None:
-                runner.unclaim(prepared.journal.execution_id)
-            raise
         if runner is not None and prepared is not None:
             runner.run_claimed(prepared)
         return execution_id, True
@@ -158,9 +157,10 @@ class ExecutionService:
             self.settings.default_concurrency
         return max(1, min(asked, self.settings.max_concurrency))
 
-    async def _insert(self, session: AsyncSession, run: RunRequest,
-                      runner: Runner | None = None) -> tuple[uuid.UUID, Prepared | None]:
-        execution_id = uuid.uuid4()
+    async def _insert(self, session: AsyncSession, run: RunRequest, runner: Runner | None = None,
+                      *, execution_id: uuid.UUID | None = None) -> Prepared | None:
+        """Stage a new execution; `runner` claims it here when it has room (see Runner.claim_new)."""
+        execution_id = execution_id or uuid.uuid4()
         snapshot = run.model_copy(update={"concurrency": self._concurrency(run)})
         spec = snapshot.model_dump_json(exclude={"secret_values", "idempotency_key"})
         execution = Execution(
@@ -195,7 +195,7 @@ class ExecutionService:
         log.info("execution requested", extra={"execution_id": str(execution_id),
                                                "job_id": run.job_id, "targets": len(run.targets),
                                                "claimed": prepared is not None})
-        return execution_id, prepared
+        return prepared
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -308,9 +308,10 @@ class ExecutionService:
                 "trigger": trigger, "secret_values": secret_values, "idempotency_key": None})
         if secret_values:
             await self._require_key()
+        execution_id = uuid.uuid4()
         async with self.db.transaction() as session:
-            execution_id, _ = await self._insert(session, run)
-            return execution_id
+            await self._insert(session, run, execution_id=execution_id)
+        return execution_id
 
     @staticmethod
     def _secret_values_again(spec: RunRequest, used: list[str],

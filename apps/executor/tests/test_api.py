@@ -107,6 +107,32 @@ class TestCreate:
             await world.client.post(f"/executions/{execution_id}/cancel", headers=world.auth())
             assert (await world.wait_final(execution_id))["status"] == "canceled"
 
+    async def test_a_request_that_fails_gives_its_slot_back(self, make_world: WorldFactory,
+                                                          kit: Kit) -> None:
+        engine = kit.ScriptedEngine(scripts={"web1": kit.Script(hang_at=0)})
+        async with make_world(engine=engine, max_running_executions=1) as world:
+            publisher = world.app.state.publisher
+            emit = publisher.emit
+
+            async def broken(*args: Any, **kwargs: Any) -> None:
+                raise RuntimeError("the outbox is unwritable (test)")
+
+            publisher.emit = broken
+            try:
+                failed = await world.client.post("/internal/executions", json=world.request(),
+                                                 headers=world.caller())
+            finally:
+                publisher.emit = emit
+            assert failed.status_code == 500
+            assert (await world.client.get("/executions", headers=world.auth())).json()[
+                "items"] == []
+            # The only slot is free again: the next run starts at once instead of queueing.
+            execution_id = await world.submit(world.request(["web1"]))
+            assert (await world.execution(execution_id))["status"] == "running"
+            await asyncio.wait_for(engine.hanging.wait(), 30)
+            await world.client.post(f"/executions/{execution_id}/cancel", headers=world.auth())
+            assert (await world.wait_final(execution_id))["status"] == "canceled"
+
     async def test_an_idempotency_key_makes_one_execution(self, world: World) -> None:
         body = world.request(idempotency_key="schedule-42-2031-01-01T00:00")
         first = await world.client.post("/internal/executions", json=body, headers=world.caller())
