@@ -208,7 +208,10 @@ class TestKeyRotation:
         await asyncio.sleep(max(0.0, 2.6 - (time.monotonic() - rotated_at)))
         kids = [k["kid"] for k in (await auth.client.get("/auth/jwks")).json()["keys"]]
         assert kids == [key_id(new_pem)]
-        assert await auth.protected(before["access_token"]) == 401  # expired by now anyway
+        # Expired by now anyway once `exp` (whole seconds, compared as whole seconds) has passed.
+        expires = auth.decode(before["access_token"])[1]["exp"]
+        await asyncio.sleep(max(0.0, expires + 1 - time.time()))
+        assert await auth.protected(before["access_token"]) == 401
 
     async def test_a_changed_secret_is_picked_up_without_a_tick(self, make_auth):
         auth = await make_auth(key_reload_s=0.2)
