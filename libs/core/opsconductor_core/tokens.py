@@ -33,8 +33,9 @@ class SigningKey:
     kid: str
     private_pem: str
 
-    @property
+    @cached_property
     def public_jwk(self) -> dict[str, Any]:
+        # Derived from the private PEM, which costs tens of milliseconds to parse.
         return public_jwk_from_private(self.private_pem, self.kid)
 
     @cached_property
