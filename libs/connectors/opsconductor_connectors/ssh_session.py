@@ -96,19 +96,24 @@ class SshCommand(RunningCommand):
         channel = self._channel
         if channel is None or self.done:
             return
+        # OpenSSH refuses signals in root sessions (and logs each refusal); there the group
+        # kill of a POSIX shell does the work. Other servers and shells are still asked.
+        ssh_signals = not (self._session.username == "root" and self._session.posix_shell)
         if not self._pid_settled.is_set():
             # The login shell has not reported its PID yet: its profile may take seconds (more
-            # when many logins start at once). Where sshd allows signals (not root) this ends
-            # it now; otherwise wait for the PID, since closing the channel instead would drop
-            # that line while the shell goes on to run the command.
-            with contextlib.suppress(OSError, asyncssh.Error):
-                channel.send_signal("TERM")
+            # when many logins start at once). Where sshd allows signals this ends it now;
+            # otherwise wait for the PID, since closing the channel instead would drop that
+            # line while the shell goes on to run the command.
+            if ssh_signals:
+                with contextlib.suppress(OSError, asyncssh.Error):
+                    channel.send_signal("TERM")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(PID_WAIT_S):
                     await self._pid_settled.wait()
         for signal_name, wait_s in (("TERM", grace_s), ("KILL", 2.0)):
-            with contextlib.suppress(OSError, asyncssh.Error):
-                channel.send_signal(signal_name)
+            if ssh_signals:
+                with contextlib.suppress(OSError, asyncssh.Error):
+                    channel.send_signal(signal_name)
             await self._signal_group(signal_name, wait_s)
             if self.done:
                 return

@@ -307,6 +307,21 @@ class TestCommands:
         assert result.exit_code is None
         assert await gone(duration)
 
+    async def test_cancel_of_a_root_command_asks_no_ssh_signal(self, sshd: SshServer) -> None:
+        # OpenSSH refuses signals in root sessions and logs each refusal: a cancel of hundreds
+        # of root commands would send hundreds of refused requests. The process group kill
+        # stops it alone.
+        duration = unique_sleep()
+        async with await connect_ssh(pinned_target(sshd), key_credential(sshd)) as session:
+            assert session.username == "root"
+            running = await session.start(f"sleep {duration}")
+            assert await started(duration)
+            result = await running.cancel(grace_s=0.5)
+
+        assert result.canceled
+        assert await gone(duration)
+        assert sshd.count(r"signal") == 0, sshd.log_text()
+
     async def test_closing_the_session_stops_its_commands(self, sshd: SshServer) -> None:
         duration = unique_sleep()
         session = await connect_ssh(pinned_target(sshd), key_credential(sshd))
