@@ -186,9 +186,15 @@ class _Execution:
         self._stop_waiter = asyncio.create_task(self.stopped.wait())
         watcher = asyncio.create_task(self._watch())
         workers = min(self.run_request.concurrency, len(plans))
+        # On a stop, targets still waiting end at once, while the workers wait for their
+        # commands to stop.
+        closer = asyncio.create_task(self._close_waiting(queue))
         try:
             await asyncio.gather(*(self._worker(queue) for _ in range(workers)))
+            if self.stopped.is_set():
+                await closer
         finally:
+            closer.cancel()
             watcher.cancel()
             self._stop_waiter.cancel()
             with contextlib.suppress(TimeoutError):
@@ -205,6 +211,10 @@ class _Execution:
         except TimeoutError:
             self.stop_status = "canceled" if self.cancel.is_set() else "timed_out"
         self.stopped.set()
+
+    async def _close_waiting(self, queue: deque[TargetPlan]) -> None:
+        await self.stopped.wait()
+        await self._worker(queue)
 
     async def _worker(self, queue: deque[TargetPlan]) -> None:
         while queue:

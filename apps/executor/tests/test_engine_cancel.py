@@ -151,6 +151,29 @@ class TestCancel:
         assert recorder.fetched == 0
         assert sshd.connections() == 0
 
+    async def test_waiting_targets_end_while_a_running_command_is_stopped(self, sshd: SshServer) -> None:
+        # The running command ignores TERM, so its stop takes a while; the targets waiting for
+        # its slot have nothing to stop and end at once instead of after it.
+        duration = unique_sleep()
+        run, plans, recorder = setup(sshd, [sshd.host], 3, f"trap '' TERM; sleep {duration}",
+                                     concurrency=1)
+        engine = Engine(ssh_pool=SshPool(), settings=EngineSettings(cancel_grace_s=1.0))
+        cancel = asyncio.Event()
+        task = asyncio.create_task(engine.run(run, plans, recorder, recorder, cancel))
+        try:
+            assert await eventually(lambda: sleeping(duration) == 1, timeout_s=30)
+            cancel.set()
+            await asyncio.wait_for(asyncio.shield(task), 10)
+        finally:
+            cancel.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 10)
+            await engine.close()
+        [running] = recorder.started
+        assert list(recorder.outcomes)[-1] == running
+        assert {o.status for o in recorder.outcomes.values()} == {"canceled"}
+        assert await eventually(lambda: sleeping(duration) == 0, timeout_s=10)
+
     async def test_cancel_while_logging_in(self, sshd: SshServer) -> None:
         # A server that accepts TCP but never speaks SSH: the checkout hangs in the handshake.
         server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
