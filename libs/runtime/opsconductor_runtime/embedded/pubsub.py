@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,21 +111,20 @@ class EmbeddedBroker:
         # Events published while apps start up wait until every subscription is known.
         await self._ready.wait()
         event = {**event, "topic": topic, "pubsubname": pubsub}
-        payload = json.dumps(event)
-        now = time.time()
-        rows = [(s.app_id, s.route, pubsub, topic, s.dead_letter_topic, payload, now)
-                for s in self._subscriptions if s.pubsub == pubsub and s.topic == topic]
-        if not rows:
+        subscribers = [s for s in self._subscriptions if s.pubsub == pubsub and s.topic == topic]
+        if not subscribers:
             log.debug("no subscriber", extra={"topic": topic})
             return
         if transient:
             # A copy of stored data: one attempt each, nothing written (a row and its delete per
             # output batch was most of what live output cost the broker).
-            for app_id, route, *_ in rows:
-                task = asyncio.create_task(self._attempt_once(app_id, route, topic, payload))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            for subscriber in subscribers:
+                self._spawn(self._attempt_once(subscriber.app_id, subscriber.route, topic, event))
             return
+        payload = json.dumps(event)
+        now = time.time()
+        rows = [(s.app_id, s.route, pubsub, topic, s.dead_letter_topic, payload, now)
+                for s in subscribers]
         ids = await self._store.insert(
             "INSERT INTO deliveries (app_id, route, pubsub, topic, dead_letter_topic, payload, "
             "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
@@ -171,19 +170,29 @@ class EmbeddedBroker:
         if delivery_id in self._in_flight:
             return
         self._in_flight.add(delivery_id)
-        task = asyncio.create_task(self._attempt(delivery_id, app_id, route, pubsub, topic,
-                                                 dead_letter_topic, payload, attempts))
+        self._spawn(self._attempt(delivery_id, app_id, route, pubsub, topic, dead_letter_topic,
+                                  payload, attempts))
+
+    def _spawn(self, delivery: Coroutine[Any, Any, None]) -> None:
+        """Run a delivery in the background; `stop` cancels what is still running."""
+        task = asyncio.create_task(delivery)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _attempt_once(self, app_id: str, route: str, topic: str, payload: str) -> None:
+    async def _try_deliver(self, app_id: str, route: str, topic: str,
+                           event: dict[str, Any]) -> str:
+        """The subscriber's verdict; RETRY when the delivery itself failed."""
         async with self._slots:
             try:
-                verdict = outcome(await self._deliver(app_id, route, json.loads(payload)))
+                return outcome(await self._deliver(app_id, route, event))
             except Exception as exc:
-                log.warning("transient delivery failed", extra={
-                    "topic": topic, "app_id": app_id, "error": type(exc).__name__})
-                return
+                log.warning("delivery failed", extra={"topic": topic, "app_id": app_id,
+                                                      "error": type(exc).__name__})
+                return "RETRY"
+
+    async def _attempt_once(self, app_id: str, route: str, topic: str,
+                            event: dict[str, Any]) -> None:
+        verdict = await self._try_deliver(app_id, route, topic, event)
         if verdict != "SUCCESS":
             log.info("transient event not taken", extra={"topic": topic, "app_id": app_id,
                                                          "verdict": verdict})
@@ -192,14 +201,7 @@ class EmbeddedBroker:
                        dead_letter_topic: str | None, payload: str, attempts: int) -> None:
         delivered = False
         try:
-            async with self._slots:
-                try:
-                    result = await self._deliver(app_id, route, json.loads(payload))
-                    verdict = outcome(result)
-                except Exception as exc:
-                    log.warning("delivery failed", extra={"topic": topic, "app_id": app_id,
-                                                          "error": type(exc).__name__})
-                    verdict = "RETRY"
+            verdict = await self._try_deliver(app_id, route, topic, json.loads(payload))
             if verdict in ("SUCCESS", "DROP"):
                 if verdict == "DROP":
                     log.warning("subscriber dropped event", extra={"topic": topic, "app_id": app_id})
