@@ -73,6 +73,10 @@ class Settle:
     exit_code: int | None = None
 
 
+# A target that has not started: from its first step, no attempt spent.
+FRESH = Resume(first_step=0, attempts_done=0)
+
+
 def plan_target(state: TargetState, steps: Sequence[StepSpec], max_attempts: int) -> Resume | Settle | None:
     """What a replica taking over does with one target; None when it already finished.
 
@@ -82,7 +86,7 @@ def plan_target(state: TargetState, steps: Sequence[StepSpec], max_attempts: int
     if state.status in TARGET_FINAL:
         return None
     if state.status == PENDING and state.attempts == 0:
-        return Resume(first_step=0, attempts_done=0)
+        return FRESH
     current_attempt_spent = max(state.attempts - 1, 0)
     if state.inflight_step is not None:
         index = state.inflight_step

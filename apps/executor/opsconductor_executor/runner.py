@@ -38,7 +38,7 @@ from opsconductor_executor.models import (
 )
 from opsconductor_executor.recording import GroupWriter, LivePublisher
 from opsconductor_executor.repository import ExecutionRepository
-from opsconductor_executor.rules import Resume, Settle, TargetState, plan_target
+from opsconductor_executor.rules import FRESH, Resume, Settle, TargetState, plan_target
 from opsconductor_executor.sealing import SecretBox, SecretsUnavailable
 from opsconductor_runtime.interface import Runtime
 
@@ -189,7 +189,8 @@ class Runner:
         journal = Journal(execution.id, job_id=execution.job_id, actor=execution.requested_by,
                           last_seq=0)
         plans = [TargetPlan(target_id=t.target_id, name=t.name, protocol=t.protocol,
-                            first_step=0, attempts_done=0) for t in run.targets]
+                            first_step=FRESH.first_step, attempts_done=FRESH.attempts_done)
+                 for t in run.targets]
         self._claiming.add(execution.id)
         return Prepared(run=run, plans=plans, journal=journal, started=set(),
                         opening=[journal.started(execution.total_targets)])

@@ -90,20 +90,21 @@ class ExecutionService:
         if run.secret_values:
             await self._require_key()
         execution_id = uuid.uuid4()
+        committed = False
         try:
             async with self.db.transaction() as session:
                 prepared = await self._insert(session, run, runner, execution_id=execution_id)
-        except BaseException as exc:
-            if runner is not None:
-                # Whatever failed (the insert, the commit, a cancel), the slot is given back.
-                runner.unclaim(execution_id)
-            if not isinstance(exc, IntegrityError):
-                raise
+            committed = True
+        except IntegrityError:
             # Two requests with one key raced; the other one's run is the answer.
             existing = await self._by_key(run) if run.idempotency_key else None
             if existing is None:
                 raise
             return existing, False
+        finally:
+            if runner is not None and not committed:
+                # Whatever failed (the insert, the commit, a cancel), the slot is given back.
+                runner.unclaim(execution_id)
         if runner is not None and prepared is not None:
             runner.run_claimed(prepared)
         return execution_id, True
