@@ -226,10 +226,15 @@ class SshSession:
             self, marker, on_output=on_output, stream=stream, max_capture_bytes=max_capture_bytes
         )
         environment: dict[bytes | str, bytes | str] = {k: v for k, v in (env or {}).items()}
+        opening = asyncio.ensure_future(self._conn.create_session(
+            lambda: _ChannelHandler(running), command, env=environment or (), encoding=None
+        ))
         try:
-            channel, _ = await self._conn.create_session(
-                lambda: _ChannelHandler(running), command, env=environment or (), encoding=None
-            )
+            channel, _ = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The server may already run the command: once its start completes, stop it.
+            self._keep(asyncio.ensure_future(self._stop_when_started(opening, running)))
+            raise
         except (asyncssh.Error, OSError) as exc:
             reason = exc.reason if isinstance(exc, asyncssh.Error) else type(exc).__name__
             raise ConnectorError(Stage.COMMAND, f"the command could not be started: {reason}") from None
@@ -299,6 +304,13 @@ class SshSession:
                     await sftp.remove(partial)
                 raise
         return size
+
+    async def _stop_when_started(self, opening: asyncio.Future[Any], running: SshCommand) -> None:
+        with contextlib.suppress(asyncssh.Error, OSError):
+            channel, _ = await opening
+            running._channel = channel
+            self._running.add(running)
+            await running.cancel(grace_s=0.2)
 
     def _keep(self, task: asyncio.Future[Any]) -> None:
         self._tasks.add(task)

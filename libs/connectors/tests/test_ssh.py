@@ -7,6 +7,7 @@ import hashlib
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -321,6 +322,27 @@ class TestCommands:
         assert result.canceled
         assert await gone(duration)
         assert sshd.count(r"signal") == 0, sshd.log_text()
+
+    async def test_a_start_cut_short_still_stops_its_command(self, sshd: SshServer) -> None:
+        # The caller is cancelled (an executor shutting down) after the server ran the command
+        # but before its reply came back: the command must not be left running.
+        duration = unique_sleep()
+        async with await connect_ssh(pinned_target(sshd), key_credential(sshd)) as session:
+            opened_on_the_server = session._conn.create_session
+
+            async def late_reply(*args: Any, **kwargs: Any) -> Any:
+                opened = await opened_on_the_server(*args, **kwargs)
+                await asyncio.sleep(1.0)
+                return opened
+
+            session._conn.create_session = late_reply  # type: ignore[method-assign]
+            starting = asyncio.create_task(session.start(f"sleep {duration}"))
+            assert await started(duration)
+            starting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await starting
+
+        assert await gone(duration)
 
     async def test_closing_the_session_stops_its_commands(self, sshd: SshServer) -> None:
         duration = unique_sleep()
