@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,6 +17,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util import await_
 
 log = logging.getLogger("opsconductor.db")
 
@@ -33,6 +36,65 @@ def is_sqlite(url: str) -> bool:
 
 def sqlite_file(url: str) -> Path:
     return Path(make_url(url).database or "")
+
+
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
+WRITER_WAIT_S = 30.0  # as long as SQLite's own busy timeout below
+
+
+class _WriterTurn:
+    """One writing transaction at a time per SQLite database in this process, handed over
+    when the last one ends.
+
+    SQLite allows one writer; a connection that finds the write lock taken sleeps in its busy
+    handler (1, 2, 5, 10 ... 100 ms) and retries, however soon the lock is released. With a
+    service's requests, outbox relay and background writers sharing a file, those sleeps were
+    most of a run's wait under load. Here a connection takes the turn before its first write
+    (the moment SQLite would take the lock) and gives it back when it returns to the pool,
+    after its commit or rollback.
+    """
+
+    def __init__(self) -> None:
+        self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _current(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._loop is not loop:
+            # An asyncio lock belongs to one loop (tests run several in turn).
+            self._lock, self._loop = asyncio.Lock(), loop
+        return self._lock
+
+    def install(self, engine: AsyncEngine) -> None:
+        @event.listens_for(engine.sync_engine, "before_cursor_execute")
+        def _take_turn(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+            held = conn.connection.info  # lives with the DBAPI connection, as in checkin
+            if _TURN_KEY in held or not _writes(statement):
+                return
+            lock = self._current()
+            await_(_acquire(lock))
+            held[_TURN_KEY] = lock
+
+        @event.listens_for(engine.sync_engine.pool, "checkin")
+        def _give_back(_: Any, record: Any) -> None:
+            lock = record.info.pop(_TURN_KEY, None)
+            if lock is not None:
+                lock.release()
+
+
+_TURN_KEY = "opsconductor.writer_turn"
+
+
+async def _acquire(lock: asyncio.Lock) -> None:
+    try:
+        async with asyncio.timeout(WRITER_WAIT_S):
+            await lock.acquire()
+    except TimeoutError:
+        raise sqlite3.OperationalError("database is locked (no write turn in time)") from None
+
+
+def _writes(statement: str) -> bool:
+    return statement.lstrip()[:7].upper().startswith(_WRITES)
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
@@ -56,6 +118,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
+        _WriterTurn().install(engine)
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)

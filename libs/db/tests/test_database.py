@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import String, func, select
@@ -12,6 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from opsconductor_db import GUID, ServiceDatabase
 from opsconductor_db.database import notify_on_commit
+from opsconductor_testing.databases import sqlite_url
 
 
 class Base(DeclarativeBase):
@@ -142,3 +146,69 @@ async def test_ping_reaches_the_database(db: ServiceDatabase) -> None:
 
     async with db.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Note)) == 0
+
+
+@pytest.fixture
+async def sqlite_db(tmp_path: Path) -> AsyncIterator[ServiceDatabase]:
+    database = ServiceDatabase(sqlite_url(tmp_path))
+    async with database.engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    yield database
+    await database.dispose()
+
+
+async def _insert(db: ServiceDatabase, title: str, *, hold_s: float = 0.0,
+                  wrote: asyncio.Event | None = None) -> float:
+    """Insert one note, keep the transaction open `hold_s` after the write; when it committed."""
+    async with db.transaction() as session:
+        session.add(Note(title=title))
+        await session.flush()
+        if wrote is not None:
+            wrote.set()
+        await asyncio.sleep(hold_s)
+    return time.monotonic()
+
+
+class TestSqliteWriters:
+    """SQLite has one writer at a time; writers of one process take turns in the event loop."""
+
+    async def test_a_waiting_writer_goes_as_soon_as_the_writer_before_it_commits(
+        self, sqlite_db: ServiceDatabase
+    ) -> None:
+        # Left to SQLite, the waiting connection sleeps in its busy handler and retries: 350 ms
+        # into a wait its next try comes ~78 ms after the lock was freed.
+        gaps = []
+        for turn in range(3):
+            wrote = asyncio.Event()
+            first = asyncio.create_task(_insert(sqlite_db, f"first-{turn}", hold_s=0.35,
+                                                wrote=wrote))
+            await wrote.wait()
+            second_done = await _insert(sqlite_db, f"second-{turn}")
+            gaps.append(second_done - await first)
+        assert min(gaps) < 0.04, gaps
+        assert len(await _titles(sqlite_db)) == 6
+
+    async def test_many_concurrent_writers_all_commit(self, sqlite_db: ServiceDatabase) -> None:
+        titles = [f"note-{i:02}" for i in range(40)]
+        await asyncio.gather(*(_insert(sqlite_db, t, hold_s=0.005) for t in titles))
+        assert await _titles(sqlite_db) == titles
+
+    async def test_a_reader_does_not_wait_for_a_writer(self, sqlite_db: ServiceDatabase) -> None:
+        await _insert(sqlite_db, "before")
+        wrote = asyncio.Event()
+        writer = asyncio.create_task(_insert(sqlite_db, "during", hold_s=2.0, wrote=wrote))
+        await wrote.wait()
+        async with asyncio.timeout(1.0):
+            assert await _titles(sqlite_db) == ["before"]
+        await writer
+        assert await _titles(sqlite_db) == ["before", "during"]
+
+    async def test_a_rolled_back_writer_gives_its_turn_back(self, sqlite_db: ServiceDatabase) -> None:
+        with pytest.raises(Boom):
+            async with sqlite_db.transaction() as session:
+                session.add(Note(title="lost"))
+                await session.flush()
+                raise Boom()
+        async with asyncio.timeout(5.0):
+            await _insert(sqlite_db, "next")
+        assert await _titles(sqlite_db) == ["next"]
