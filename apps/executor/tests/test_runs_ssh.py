@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from opsconductor_contracts import topics
+from opsconductor_testing.heap import settled_heap
 from opsconductor_testing.sshd import (
     SshServer,
     eventually,
@@ -266,15 +267,17 @@ async def test_five_hundred_targets_canceled_within_two_seconds(
         assert await eventually(lambda: len(process_ids_matching(f"sleep {pause}")) >= 200,
                                 timeout_s=120)
         # The client's token and the service's first key fetch are one-time costs, not the
-        # cancel's: both happen before the clock starts.
+        # cancel's: both happen before the clock starts; so does sparing the clock a full
+        # collection of the test process's heap.
         cancel_headers = world.auth(["executions:cancel"])
         assert (await world.execution(execution_id))["status"] == "running"
-        started = time.monotonic()
-        response = await world.client.post(f"/executions/{execution_id}/cancel",
-                                           headers=cancel_headers)
-        assert response.status_code == 202
-        final = await world.wait_final(execution_id, timeout_s=30)
-        elapsed = time.monotonic() - started
+        with settled_heap():
+            started = time.monotonic()
+            response = await world.client.post(f"/executions/{execution_id}/cancel",
+                                               headers=cancel_headers)
+            assert response.status_code == 202
+            final = await world.wait_final(execution_id, timeout_s=30)
+            elapsed = time.monotonic() - started
         assert final["status"] == "canceled", final
         assert final["counts"]["canceled"] == 500
         assert elapsed < 2.0, elapsed
