@@ -47,6 +47,15 @@ class Boom(Exception):
     pass
 
 
+async def _write_then_fail(db: ServiceDatabase) -> None:
+    """A transaction that writes "lost", then raises (Boom, caught here)."""
+    with pytest.raises(Boom):
+        async with db.transaction() as session:
+            session.add(Note(title="lost"))
+            await session.flush()
+            raise Boom()
+
+
 class TestTransaction:
     async def test_commits_when_the_block_ends(self, db: ServiceDatabase) -> None:
         async with db.transaction() as session:
@@ -55,11 +64,7 @@ class TestTransaction:
         assert await _titles(db) == ["kept"]
 
     async def test_rolls_back_when_the_block_raises(self, db: ServiceDatabase) -> None:
-        with pytest.raises(Boom):
-            async with db.transaction() as session:
-                session.add(Note(title="lost"))
-                await session.flush()
-                raise Boom()
+        await _write_then_fail(db)
 
         assert await _titles(db) == []
 
@@ -204,11 +209,7 @@ class TestSqliteWriters:
         assert await _titles(sqlite_db) == ["before", "during"]
 
     async def test_a_rolled_back_writer_gives_its_turn_back(self, sqlite_db: ServiceDatabase) -> None:
-        with pytest.raises(Boom):
-            async with sqlite_db.transaction() as session:
-                session.add(Note(title="lost"))
-                await session.flush()
-                raise Boom()
+        await _write_then_fail(sqlite_db)
         async with asyncio.timeout(5.0):
             await _insert(sqlite_db, "next")
         assert await _titles(sqlite_db) == ["next"]
