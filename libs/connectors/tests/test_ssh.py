@@ -332,7 +332,9 @@ class TestCommands:
 
             async def late_reply(*args: Any, **kwargs: Any) -> Any:
                 opened = await opened_on_the_server(*args, **kwargs)
-                await asyncio.sleep(1.0)
+                # Long enough to see the remote command start on a loaded machine; shorter
+                # than the 5 s a closing session waits for stops in progress.
+                await asyncio.sleep(3.0)
                 return opened
 
             session._conn.create_session = late_reply  # type: ignore[method-assign]
