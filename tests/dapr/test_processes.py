@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from opsconductor_platform.dapr_mode import SidecarPorts, StartupFailed
+from opsconductor_platform.dapr_mode import APP_KEEP_ALIVE_S, SidecarPorts, StartupFailed
 from opsconductor_platform.hosting import HOSTED_APPS
 from opsconductor_platform.processes import RestartPolicy
 from opsconductor_testing.dapr import require_dapr
@@ -155,3 +155,25 @@ class TestSupervision:
         finally:
             stop.set()
         assert await watching == 0
+
+
+def ask_healthz(connection: socket.socket) -> bytes:
+    """One HTTP/1.1 request on a kept-alive connection; the answer's status line."""
+    connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: app\r\n\r\n")
+    answer = connection.recv(65536)
+    return answer.split(b"\r\n", 1)[0]
+
+
+class TestIdleConnections:
+    async def test_an_app_keeps_an_idle_connection_longer_than_uvicorns_default(
+            self, dapr_run: MakeRun, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The sidecar pools its connections to the app for 90 s; an app that closed one
+        sooner (uvicorn's default: 5 s) raced the sidecar's next call on it."""
+        run = await dapr_run()
+        monkeypatch.setenv("OPSC_DATA_DIR", str(run.options.data_dir))
+        users = await run.start_app(next(a for a in HOSTED_APPS if a.app_id == "users"))
+        assert APP_KEEP_ALIVE_S > 90
+        with socket.create_connection(("127.0.0.1", users.port), timeout=10) as connection:
+            assert ask_healthz(connection) == b"HTTP/1.1 200 OK"
+            await asyncio.sleep(6.5)
+            assert ask_healthz(connection) == b"HTTP/1.1 200 OK", "the app closed the connection"

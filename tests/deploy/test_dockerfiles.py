@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from opsconductor_platform.dapr_mode import APP_SERVER_OPTIONS
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = sorted((REPO_ROOT / "apps").glob("*/Dockerfile"))
 APP_PORT = "8000"
@@ -156,6 +158,9 @@ def problems(dockerfile: Path, text: str | None = None) -> list[str]:
     target = f"{module}.main:create_app"
     if command[:1] != ["uvicorn"] or "--factory" not in command or target not in command:
         found.append(f"CMD does not run `uvicorn --factory {target}`")
+    if " ".join(APP_SERVER_OPTIONS) not in " ".join(command):
+        found.append(f"CMD does not pass the server options of Dapr mode: "
+                     f"{' '.join(APP_SERVER_OPTIONS)}")
     main = app_dir / module / "main.py"
     if not main.is_file() or not defines(main, "create_app"):
         found.append(f"{main.relative_to(REPO_ROOT)} does not define create_app")
@@ -228,6 +233,13 @@ class TestTheChecksBite:
         found = problems(path, text.replace("opsconductor_users.main:create_app",
                                             "opsconductor_users.app:create_app"))
         assert found == ["CMD does not run `uvicorn --factory opsconductor_users.main:create_app`"]
+
+    def test_an_app_server_closing_idle_connections_before_its_sidecar(
+            self, users: tuple[Path, str]) -> None:
+        path, text = users
+        found = problems(path, text.replace(', \\\n     "--timeout-keep-alive", "120"', ""))
+        assert found == ["CMD does not pass the server options of Dapr mode: "
+                         + " ".join(APP_SERVER_OPTIONS)]
 
     def test_a_missing_workspace_member_and_a_missing_source(self,
                                                              users: tuple[Path, str]) -> None:

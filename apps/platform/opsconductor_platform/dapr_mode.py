@@ -66,6 +66,15 @@ log = logging.getLogger("opsconductor.platform.dapr")
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 GATEWAY = "gateway"
+# daprd keeps idle connections to its app for 90 s (Go's default transport). uvicorn's default
+# of 5 s closed them first, and a call sent on a connection the app was closing at that moment
+# failed and waited for the resiliency retry (3 of 120 calls spaced at the keep-alive time):
+# the app keeps them longer than its sidecar does.
+APP_KEEP_ALIVE_S = 120
+# Every app's uvicorn options, here and in each app's Dockerfile (tests/deploy compares them).
+APP_SERVER_OPTIONS = ("--no-access-log", "--no-proxy-headers", "--no-server-header",
+                      "--timeout-graceful-shutdown", "10",
+                      "--timeout-keep-alive", str(APP_KEEP_ALIVE_S))
 SENTRY = "sentry"
 SIDECAR_SUFFIX = " sidecar"
 
@@ -363,8 +372,7 @@ class DaprPlatform:
         uvicorn = [
             sys.executable, "-m", "uvicorn", "--factory", f"{app.hosted.package}.main:create_app",
             "--fd", str(fd), "--lifespan", "on",
-            "--log-config", str(self.files.log_config(app.hosted.app_id)), "--no-access-log",
-            "--no-proxy-headers", "--no-server-header", "--timeout-graceful-shutdown", "10",
+            "--log-config", str(self.files.log_config(app.hosted.app_id)), *APP_SERVER_OPTIONS,
         ]
         return await self._spawn(app.hosted.app_id, uvicorn,
                                  self.app_env(app.hosted, app.sidecar), pass_fds=(fd,))
