@@ -4,6 +4,7 @@ as the same domain errors."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -76,6 +77,21 @@ async def test_busy_carries_retry_after() -> None:
     assert caught.value.headers == {"Retry-After": "7"}
 
 
-async def test_unreachable_is_503() -> None:
-    with pytest.raises(ServiceUnavailable):
+async def test_unreachable_is_503_and_the_reason_is_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The run's caller sees only 503; the operator finds why in the log, without the run."""
+    with caplog.at_level(logging.WARNING, "opsconductor"), pytest.raises(ServiceUnavailable):
         await ExecutorClient(RecordingRuntime(app_id="jobs")).create_execution(RUN)
+    [record] = [r for r in caplog.records if r.getMessage() == "service unavailable"]
+    assert record.__dict__["app_id"] == "executor"
+    assert "executor" in record.__dict__["reason"]
+    assert "s3cret!" not in caplog.text
+
+
+async def test_an_unexpected_status_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    runtime = RecordingRuntime(app_id="jobs")
+    runtime.mount("executor", executor(500, {"detail": "boom"}))
+    with caplog.at_level(logging.WARNING, "opsconductor"), pytest.raises(ServiceUnavailable):
+        await ExecutorClient(runtime).create_execution(RUN)
+    [record] = [r for r in caplog.records if r.getMessage() == "unexpected answer"]
+    assert record.__dict__["status"] == 500

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from opsconductor_core.context import outgoing_headers
 from opsconductor_core.problems import ServiceUnavailable
 from opsconductor_runtime.interface import AppUnavailable, InvokeResponse, Runtime
+
+log = logging.getLogger("opsconductor.clients")
 
 
 class ServiceClient:
@@ -23,6 +26,9 @@ class ServiceClient:
             return await self.runtime.invoke(self.app_id, method, path, json_body=json_body,
                                              headers=merged, params=params)
         except AppUnavailable as exc:
+            # The caller's client sees only 503; the reason (breaker open, connection lost,
+            # app unhealthy) is for the operator, and never holds request data.
+            log.warning("service unavailable", extra={"app_id": self.app_id, "reason": str(exc)})
             raise ServiceUnavailable(f"The {self.app_id} service is unavailable") from exc
 
 
