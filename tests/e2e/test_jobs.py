@@ -74,6 +74,14 @@ def register(client: httpx.Client, server: SshServer, address: str, name: str,
     return str(response.json()["id"])
 
 
+def run_job(client: httpx.Client, job: httpx.Response, **body: Any) -> str:
+    """Starts a run of a job just created; the execution id."""
+    assert job.status_code == 201, job.text
+    run = client.post(f"/api/v1/jobs/{job.json()['id']}/run", json=body)
+    assert run.status_code == 202, run.text
+    return str(run.json()["execution_id"])
+
+
 def follow(platform: RunningPlatform, token: str, execution_id: str, *, last_event_id: int = 0,
            stop_after: int | None = None, timeout_s: float = 120.0) -> list[dict[str, Any]]:
     """Reads the SSE stream; returns [{id, event, data}] until `finished` (or `stop_after`)."""
@@ -164,11 +172,7 @@ class TestFanOutWithLiveOutput:
                 ],
                 "parameters": [{"name": "who", "type": "string", "required": True}],
                 "targets": {"tags": ["fleet"]}, "concurrency": 50})
-            assert job.status_code == 201, job.text
-            run = admin.post(f"/api/v1/jobs/{job.json()['id']}/run",
-                             json={"parameters": {"who": hostile}})
-            assert run.status_code == 202, run.text
-            execution_id = run.json()["execution_id"]
+            execution_id = run_job(admin, job, parameters={"who": hostile})
 
             messages = follow(platform, token, execution_id)
             ids_seen = [m["id"] for m in messages if "id" in m]
@@ -219,9 +223,7 @@ class TestResumeAndControl:
                 "name": "chatty", "targets": {"tags": ["db"]},
                 "steps": [{"name": "count", "kind": "command",
                            "command": "for i in 1 2 3 4 5; do echo line-$i; sleep 0.2; done"}]})
-            assert chatty.status_code == 201, chatty.text
-            execution_id = admin.post(f"/api/v1/jobs/{chatty.json()['id']}/run",
-                                      json={}).json()["execution_id"]
+            execution_id = run_job(admin, chatty)
             first = follow(platform, token, execution_id, stop_after=5)
             last = max(m["id"] for m in first if "id" in m)
             rest = follow(platform, token, execution_id, last_event_id=last)
@@ -236,8 +238,7 @@ class TestResumeAndControl:
             sleeper = admin.post("/api/v1/jobs", json={
                 "name": "sleeper", "targets": {"tags": ["db"]},
                 "steps": [{"name": "wait", "kind": "command", "command": f"sleep {sleep}"}]})
-            execution_id = admin.post(f"/api/v1/jobs/{sleeper.json()['id']}/run",
-                                      json={}).json()["execution_id"]
+            execution_id = run_job(admin, sleeper)
             assert wait_until(lambda: len(process_ids_matching(f"sleep {sleep}")) >= 10, 30)
             canceled_at = time.monotonic()
             assert admin.post(f"/api/v1/executions/{execution_id}/cancel").status_code == 202
@@ -275,8 +276,7 @@ class TestResumeAndControl:
                 "steps": [{"name": "odd", "kind": "command",
                            "command": f"case \"$SSH_CONNECTION\" in *' {servers.addresses[1]} '*)"
                                       " exit 7;; esac; echo fine"}]})
-            first_run = admin.post(f"/api/v1/jobs/{flaky.json()['id']}/run",
-                                   json={}).json()["execution_id"]
+            first_run = run_job(admin, flaky)
             assert wait_final(admin, first_run)["status"] == "failed"
             retried = admin.post(f"/api/v1/executions/{first_run}/retry-failed", json={})
             assert retried.status_code == 202, retried.text
@@ -296,8 +296,7 @@ class TestCrashRecovery:
                 "name": "slow-rollout", "targets": {"tags": ["app"]}, "concurrency": 2,
                 "steps": [{"name": "deploy", "kind": "command",
                            "command": "echo deploying; sleep 8; echo deployed"}]})
-            execution_id = admin.post(f"/api/v1/jobs/{job.json()['id']}/run",
-                                      json={}).json()["execution_id"]
+            execution_id = run_job(admin, job)
             # Kill once two targets printed: their step was dispatched and is still sleeping.
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -20,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+# A JSON log line, the platform's own or daprd's, at warning level or above.
+_WARNING_OR_WORSE = re.compile(r'"level": ?"(warning|error|critical|fatal)"')
 
 
 def free_port() -> int:
@@ -133,6 +137,13 @@ class RunningPlatform:
         if self._log and not self._log.closed:
             self._log.flush()
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def warnings_logged(self, last: int = 80, width: int = 600) -> str:
+        """The last warnings and errors of the platform's log, each cut to `width` characters:
+        what a failed test's report shows (the log itself may be gone by the time anyone looks)."""
+        lines = [line[:width] for line in self.output().splitlines()
+                 if _WARNING_OR_WORSE.search(line)]
+        return "\n".join(lines[-last:])
 
     def login(self, username: str, password: str) -> dict[str, Any]:
         response = httpx.post(self.url + "/api/v1/auth/login",
