@@ -25,6 +25,9 @@ from opsconductor_connectors.running import (
 _UPLOAD_BLOCK = 256 * 1024
 # How long a stop waits for a starting command's PID line (the login shell's profile runs first).
 PID_WAIT_S = 30.0
+# A command stopped because its session goes away (or its start was cut short): TERM, and KILL
+# this soon after; nobody waits for its output any more.
+ABANDONED_GRACE_S = 0.2
 _PID_LINE_MAX = 64  # "opsc-pid-<12 hex> <pid>"
 
 
@@ -310,7 +313,7 @@ class SshSession:
             channel, _ = await opening
             running._channel = channel
             self._running.add(running)
-            await running.cancel(grace_s=0.2)
+            await running.cancel(grace_s=ABANDONED_GRACE_S)
 
     def _keep(self, task: asyncio.Future[Any]) -> None:
         self._tasks.add(task)
@@ -341,7 +344,8 @@ class SshSession:
         if running and not self.closed:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5.0):
-                    await asyncio.gather(*(c.cancel(grace_s=0.2) for c in running), return_exceptions=True)
+                    await asyncio.gather(*(c.cancel(grace_s=ABANDONED_GRACE_S) for c in running),
+                                         return_exceptions=True)
         if self._tasks and not self.closed:  # kill commands still on their way need the connection
             await asyncio.wait(set(self._tasks), timeout=5.0)
         self._conn.close()
