@@ -19,6 +19,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.util import await_
 
+from opsconductor_core.loops import PerLoop
+
 log = logging.getLogger("opsconductor.db")
 
 AfterCommit = Callable[[], None]
@@ -55,15 +57,7 @@ class _WriterTurn:
     """
 
     def __init__(self) -> None:
-        self._lock: asyncio.Lock | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def _current(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._loop is not loop:
-            # An asyncio lock belongs to one loop (tests run several in turn).
-            self._lock, self._loop = asyncio.Lock(), loop
-        return self._lock
+        self._lock = PerLoop(asyncio.Lock)
 
     def install(self, engine: AsyncEngine) -> None:
         @event.listens_for(engine.sync_engine, "before_cursor_execute")
@@ -71,7 +65,7 @@ class _WriterTurn:
             held = conn.connection.info  # lives with the DBAPI connection, as in checkin
             if _TURN_KEY in held or not _writes(statement):
                 return
-            lock = self._current()
+            lock = self._lock.get()
             await_(_acquire(lock))
             held[_TURN_KEY] = lock
 

@@ -13,7 +13,6 @@ app unhealthy, timeout).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -27,6 +26,7 @@ from dapr.clients.http.conf import (
 from dapr.clients.http.helpers import get_api_url
 from dapr.conf import settings
 
+from opsconductor_core.loops import PerLoop
 from opsconductor_runtime.interface import AppUnavailable, InvokeResponse
 
 CONTENT_TYPE = "Content-Type"
@@ -67,18 +67,12 @@ class Invoker:
 
     def __init__(self, max_connections: int = MAX_CONNECTIONS) -> None:
         self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._session = PerLoop(self._open, usable=lambda session: not session.closed)
 
-    def _pooled(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed or self._loop is not loop:
-            # A session belongs to the loop it was made in (a test may run several loops).
-            connector = aiohttp.TCPConnector(limit=self._max_connections,
-                                             keepalive_timeout=KEEPALIVE_S)
-            self._session = aiohttp.ClientSession(connector=connector)
-            self._loop = loop
-        return self._session
+    def _open(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=self._max_connections,
+                                         keepalive_timeout=KEEPALIVE_S)
+        return aiohttp.ClientSession(connector=connector)
 
     async def call(self, app_id: str, method: str, path: str, *, body: bytes | None,
                    headers: dict[str, str], params: Any, timeout_s: float) -> InvokeResponse:
@@ -90,7 +84,7 @@ class Invoker:
             sent[DAPR_API_TOKEN_HEADER] = settings.DAPR_API_TOKEN
         sent[USER_AGENT_HEADER] = DAPR_USER_AGENT
         try:
-            async with self._pooled().request(
+            async with self._session.get().request(
                     method.upper(), url, data=body, headers=sent, params=params,
                     timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
                 result = InvokeResponse(response.status, await response.read(),
@@ -104,7 +98,7 @@ class Invoker:
         return result
 
     async def close(self) -> None:
-        session, self._session, self._loop = self._session, None, None
+        session = self._session.take()
         if session is not None and not session.closed:
             await session.close()
 
