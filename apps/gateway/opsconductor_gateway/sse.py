@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -36,6 +37,7 @@ from opsconductor_gateway.live import (
     encode,
 )
 from opsconductor_gateway.routing import is_suspicious, raw_path_of
+from opsconductor_runtime.interface import InvokeResponse
 
 log = logging.getLogger("opsconductor.gateway.sse")
 
@@ -125,12 +127,18 @@ class LiveStream:
 
     def __init__(self, execution_id: str, resume_after: int, hub: LiveHub,
                  record: ExecutionRecord, settings: Settings,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *,
+                 subscriber: Subscriber | None = None,
+                 first_page: asyncio.Future[StoredPage] | None = None) -> None:
+        """`subscriber` and `first_page`: already subscribed, and storage after the resume
+        point already being read (subscribed first)."""
         self.execution_id = execution_id
         self.last = resume_after
         self.ahead = resume_after
         self.finished = False
         self._hub = hub
+        self._subscriber = subscriber
+        self._first_page = first_page
         self._record = record
         self._settings = settings
         self._clock = clock
@@ -142,7 +150,8 @@ class LiveStream:
 
     async def run(self) -> AsyncIterator[bytes]:
         # Subscribed before the first storage read: nothing published meanwhile is missed.
-        subscriber = self._hub.subscribe(self.execution_id)
+        subscriber = self._subscriber or self._hub.subscribe(self.execution_id)
+        self._subscriber = subscriber
         try:
             async for chunk in self._catch_up():
                 yield chunk
@@ -163,7 +172,15 @@ class LiveStream:
                     last_write = self._clock()
                     yield PING_FRAME
         finally:
-            self._hub.unsubscribe(subscriber)
+            self.close()
+
+    def close(self) -> None:
+        """Unsubscribe and drop a first read still running (twice is harmless)."""
+        if self._subscriber is not None:
+            self._hub.unsubscribe(self._subscriber)
+        if self._first_page is not None:
+            _drop(self._first_page)
+            self._first_page = None
 
     async def _take(self, subscriber: Subscriber) -> AsyncIterator[bytes]:
         messages, overflowed = subscriber.take()
@@ -206,8 +223,10 @@ class LiveStream:
         after = self.last
         stuck = False
         while not self.finished:
+            first, self._first_page = self._first_page, None
             try:
-                page = await self._record.page(self.execution_id, after)
+                page = await (first if first is not None
+                              else self._record.page(self.execution_id, after))
             except StorageUnavailable as exc:
                 log.warning("stored output unavailable", extra={
                     "execution_id": self.execution_id, "error": str(exc)})
@@ -285,16 +304,43 @@ class ExecutionEvents:
         headers = self._gateway.forwarded_headers(request.scope)
         headers.pop("Last-Event-ID", None)
         headers["Accept"] = "application/json"
-        access = await self._gateway.invoke(EXECUTOR, "GET", f"/executions/{execution_id}",
-                                            headers=headers)
-        if access.status != 200:
-            return Response(access.body, status_code=access.status,
-                            headers=returned_headers(access))
         if request.method == "HEAD":
+            access = await self._check_access(execution_id, headers)
+            if access.status != 200:
+                return _answer(access)
             return Response(media_type="text/event-stream", headers=SSE_HEADERS)
-        stream = LiveStream(execution_id, resume_after, self._hub, self._record, self._settings)
+        # Storage is read while the executor checks access, so the first bytes wait for the
+        # slower of the two calls, not for both in turn; a refusal drops the page unread.
+        stream = LiveStream(
+            execution_id, resume_after, self._hub, self._record, self._settings,
+            subscriber=self._hub.subscribe(execution_id),
+            first_page=asyncio.ensure_future(self._record.page(execution_id, resume_after)))
+        try:
+            access = await self._check_access(execution_id, headers)
+        except BaseException:
+            stream.close()
+            raise
+        if access.status != 200:
+            stream.close()
+            return _answer(access)
+        # The stream unsubscribes when it ends; the background task covers a response whose
+        # body never started (the client went away first).
         return StreamingResponse(stream.run(), media_type="text/event-stream",
-                                 headers=SSE_HEADERS)
+                                 headers=SSE_HEADERS, background=BackgroundTask(stream.close))
+
+    async def _check_access(self, execution_id: str, headers: dict[str, str]) -> InvokeResponse:
+        return await self._gateway.invoke(EXECUTOR, "GET", f"/executions/{execution_id}",
+                                          headers=headers)
+
+
+def _answer(upstream: InvokeResponse) -> Response:
+    return Response(upstream.body, status_code=upstream.status, headers=returned_headers(upstream))
+
+
+def _drop(read: asyncio.Future[StoredPage]) -> None:
+    """A storage read nobody will use: cancelled, and its outcome not reported."""
+    read.cancel()
+    read.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 def _resume_point(request: Request) -> int:

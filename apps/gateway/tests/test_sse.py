@@ -59,12 +59,20 @@ class FakeExecutor:
         self.access_headers: list[dict[str, str]] = []
         self.reads: list[int] = []
         self.down = False
+        # Set: the access check answers only once a storage read arrived (or after 3 s, 503).
+        self.check_waits_for_a_read = False
+        self.read_arrived = asyncio.Event()
         app = FastAPI()
         self.app = app
 
         @app.get("/executions/{execution_id}")
         async def read(execution_id: str, request: Request) -> Response:
             self.access_headers.append(dict(request.headers))
+            if self.check_waits_for_a_read:
+                try:
+                    await asyncio.wait_for(self.read_arrived.wait(), 3.0)
+                except TimeoutError:
+                    return problem(503, "No storage read while access was checked")
             if not request.headers.get("authorization", "").startswith("Bearer "):
                 return problem(401, "Unauthorized")
             if execution_id in self.forbidden:
@@ -76,6 +84,7 @@ class FakeExecutor:
         @app.get("/internal/executions/{execution_id}/stream")
         async def stream(execution_id: str, after_seq: int = 0, limit: int = 500) -> Response:
             self.reads.append(after_seq)
+            self.read_arrived.set()
             if self.down:
                 return problem(503, "Service unavailable")
             if execution_id not in self.records:
@@ -340,6 +349,24 @@ class TestAccess:
         sent = executor.access_headers[0]
         assert sent["authorization"] == auth["Authorization"]
         assert sent["x-forwarded-for"] == "203.0.113.7"
+
+    async def test_storage_is_read_while_access_is_checked(self, live, executor):
+        """The stream's first bytes wait for the slower of the two calls, not both in turn."""
+        execution, open_stream, _ = await live()
+        await execution.output("stored line\n", publish=False)
+        executor.check_waits_for_a_read = True
+        async with open_stream() as response:
+            assert response.status_code == 200
+            events = await SseReader(response).take(1, timeout_s=3)
+        assert [e.event for e in events] == ["output"]
+        assert executor.reads[0] == 0
+
+    async def test_a_refused_stream_leaves_nothing_behind(self, live, executor):
+        execution, open_stream, _ = await live()
+        executor.forbidden.add(execution.id)
+        async with open_stream() as response:
+            assert response.status_code == 403
+        assert execution.hub.connections == 0 and not execution.hub.watching(execution.id)
 
     async def test_422_for_a_resume_point_that_is_no_event_id(self, client, executor, auth):
         execution_id = executor.create()
