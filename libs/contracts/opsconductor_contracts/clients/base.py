@@ -31,6 +31,12 @@ class ServiceClient:
             log.warning("service unavailable", extra={"app_id": self.app_id, "reason": str(exc)})
             raise ServiceUnavailable(f"The {self.app_id} service is unavailable") from exc
 
+    def unexpected(self, response: InvokeResponse) -> ServiceUnavailable:
+        """The error for an answer this client gives no meaning to, logged with its status (the
+        caller's client sees only 503)."""
+        log.warning("unexpected answer", extra={"app_id": self.app_id, "status": response.status})
+        return ServiceUnavailable(f"The {self.app_id} service answered unexpectedly")
+
 
 def problem_of(response: InvokeResponse) -> tuple[str | None, dict[str, str] | None]:
     """The `detail` and `errors` of a problem+json answer (None where absent or malformed)."""

@@ -7,7 +7,7 @@ same domain errors, so the caller's caller sees the executor's status and reason
 
 from __future__ import annotations
 
-from opsconductor_contracts.clients.base import ServiceClient, log, problem_of
+from opsconductor_contracts.clients.base import ServiceClient, problem_of
 from opsconductor_contracts.jobspec import ExecutionCreated, RunRequest
 from opsconductor_core.problems import (
     Conflict,
@@ -16,7 +16,6 @@ from opsconductor_core.problems import (
     InvalidInput,
     NotFound,
     PayloadTooLarge,
-    ServiceUnavailable,
     TooManyRequests,
 )
 
@@ -44,7 +43,5 @@ class ExecutorClient(ServiceClient):
                                   if retry_after.isdigit() else 1)
         error = _BY_STATUS.get(response.status)
         if error is None:
-            log.warning("unexpected answer", extra={"app_id": self.app_id,
-                                                    "status": response.status})
-            raise ServiceUnavailable("The executor service answered unexpectedly")
+            raise self.unexpected(response)
         raise error(detail or f"The executor refused the run ({response.status})", errors=errors)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from opsconductor_contracts.clients.base import ServiceClient, problem_of
 from opsconductor_contracts.jobspec import RunTarget
-from opsconductor_core.problems import Forbidden, InvalidInput, ServiceUnavailable
+from opsconductor_core.problems import Forbidden, InvalidInput
 
 
 class WinrmOptions(BaseModel):
@@ -70,7 +70,7 @@ class TargetsClient(ServiceClient):
             return None
         if response.status == 403:
             raise Forbidden("Only the executor may fetch target credentials")
-        raise ServiceUnavailable("The targets service answered unexpectedly")
+        raise self.unexpected(response)
 
     async def resolve(self, ids: Sequence[str] = (), tags: Sequence[str] = ()) -> ResolvedTargets:
         """Targets with one of `ids`, plus targets carrying every one of `tags` (each once).
@@ -83,4 +83,4 @@ class TargetsClient(ServiceClient):
         if response.status == 422:
             detail, errors = problem_of(response)
             raise InvalidInput(detail or "Invalid target selector", errors=errors)
-        raise ServiceUnavailable("The targets service answered unexpectedly")
+        raise self.unexpected(response)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from opsconductor_contracts.clients.base import ServiceClient
-from opsconductor_core.problems import ServiceUnavailable
 
 
 class VerifiedUser(BaseModel):
@@ -27,7 +26,7 @@ class UsersClient(ServiceClient):
             return VerifiedUser.model_validate(response.json())
         if response.status in (401, 404):
             return None
-        raise ServiceUnavailable("The users service answered unexpectedly")
+        raise self.unexpected(response)
 
     async def get_identity(self, user_id: str) -> VerifiedUser | None:
         """Current roles and permissions of a user (for refresh and API-token checks)."""
@@ -36,4 +35,4 @@ class UsersClient(ServiceClient):
             return VerifiedUser.model_validate(response.json())
         if response.status == 404:
             return None
-        raise ServiceUnavailable("The users service answered unexpectedly")
+        raise self.unexpected(response)
