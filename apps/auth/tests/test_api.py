@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from sqlalchemy import update
 
 from opsconductor_auth.models import ApiToken, RefreshToken
@@ -19,7 +21,9 @@ from opsconductor_contracts.components import (
     REVOKED_JTI_PREFIX,
     STATE_STORE,
 )
+from opsconductor_core.problems import ServiceUnavailable
 from opsconductor_core.tokens import key_id
+from opsconductor_testing.runtime import RecordingRuntime
 
 PROBLEM = "application/problem+json"
 
@@ -338,6 +342,18 @@ class TestApiTokens:
         assert principal.subject == alice.id
         assert principal.permissions == frozenset(alice.permissions)
         assert missing is None
+
+    async def test_auth_failing_is_503_not_an_invalid_token(self):
+        failing = FastAPI()
+
+        @failing.post("/internal/api-tokens/introspect")
+        async def broken() -> JSONResponse:
+            return JSONResponse({"detail": "database down"}, status_code=500)
+
+        runtime = RecordingRuntime(app_id="gateway")
+        runtime.mount("auth", failing)
+        with pytest.raises(ServiceUnavailable):
+            await AuthClient(runtime).introspect_api_token("opsc_some_token")
 
     async def test_unknown_and_expired_tokens_are_inactive(self, auth):
         auth.users.add("alice")

@@ -22,6 +22,10 @@ class AuthClient(ServiceClient):
     async def introspect_api_token(self, token: str) -> Principal | None:
         response = await self.call("POST", "/internal/api-tokens/introspect",
                                    json_body={"token": token})
+        if response.status >= 500:
+            # Auth failing is not the token being invalid: 503, so a client retries instead of
+            # dropping a good token.
+            raise self.unexpected(response)
         if response.status != 200:
             return None
         body = response.json()
