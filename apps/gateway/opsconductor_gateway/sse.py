@@ -127,18 +127,17 @@ class LiveStream:
 
     def __init__(self, execution_id: str, resume_after: int, hub: LiveHub,
                  record: ExecutionRecord, settings: Settings,
-                 clock: Callable[[], float] = time.monotonic, *,
-                 subscriber: Subscriber | None = None,
-                 first_page: asyncio.Future[StoredPage] | None = None) -> None:
-        """`subscriber` and `first_page`: already subscribed, and storage after the resume
-        point already being read (subscribed first)."""
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """Subscribes, then starts reading storage after the resume point (subscribed first:
+        nothing published meanwhile is missed); `close()` undoes both if it never runs."""
         self.execution_id = execution_id
         self.last = resume_after
         self.ahead = resume_after
         self.finished = False
         self._hub = hub
-        self._subscriber = subscriber
-        self._first_page = first_page
+        self._subscriber = hub.subscribe(execution_id)
+        self._first_page: asyncio.Future[StoredPage] | None = asyncio.ensure_future(
+            record.page(execution_id, resume_after))
         self._record = record
         self._settings = settings
         self._clock = clock
@@ -149,9 +148,7 @@ class LiveStream:
         self._hole_since = 0.0
 
     async def run(self) -> AsyncIterator[bytes]:
-        # Subscribed before the first storage read: nothing published meanwhile is missed.
-        subscriber = self._subscriber or self._hub.subscribe(self.execution_id)
-        self._subscriber = subscriber
+        subscriber = self._subscriber
         try:
             async for chunk in self._catch_up():
                 yield chunk
@@ -176,8 +173,7 @@ class LiveStream:
 
     def close(self) -> None:
         """Unsubscribe and drop a first read still running (twice is harmless)."""
-        if self._subscriber is not None:
-            self._hub.unsubscribe(self._subscriber)
+        self._hub.unsubscribe(self._subscriber)
         if self._first_page is not None:
             _drop(self._first_page)
             self._first_page = None
@@ -311,10 +307,7 @@ class ExecutionEvents:
             return Response(media_type="text/event-stream", headers=SSE_HEADERS)
         # Storage is read while the executor checks access, so the first bytes wait for the
         # slower of the two calls, not for both in turn; a refusal drops the page unread.
-        stream = LiveStream(
-            execution_id, resume_after, self._hub, self._record, self._settings,
-            subscriber=self._hub.subscribe(execution_id),
-            first_page=asyncio.ensure_future(self._record.page(execution_id, resume_after)))
+        stream = LiveStream(execution_id, resume_after, self._hub, self._record, self._settings)
         try:
             access = await self._check_access(execution_id, headers)
         except BaseException:

@@ -241,8 +241,7 @@ class SshSession:
         except (asyncssh.Error, OSError) as exc:
             reason = exc.reason if isinstance(exc, asyncssh.Error) else type(exc).__name__
             raise ConnectorError(Stage.COMMAND, f"the command could not be started: {reason}") from None
-        running._channel = channel
-        self._running.add(running)
+        self._track(running, channel)
         if stdin is not None:
             with contextlib.suppress(OSError, asyncssh.Error):  # it may already have exited
                 if stdin:
@@ -311,9 +310,13 @@ class SshSession:
     async def _stop_when_started(self, opening: asyncio.Future[Any], running: SshCommand) -> None:
         with contextlib.suppress(asyncssh.Error, OSError):
             channel, _ = await opening
-            running._channel = channel
-            self._running.add(running)
+            self._track(running, channel)
             await running.cancel(grace_s=ABANDONED_GRACE_S)
+
+    def _track(self, running: SshCommand, channel: Any) -> None:
+        """The started command's channel; the session stops it if it closes first."""
+        running._channel = channel
+        self._running.add(running)
 
     def _keep(self, task: asyncio.Future[Any]) -> None:
         self._tasks.add(task)

@@ -41,7 +41,8 @@ def sqlite_file(url: str) -> Path:
 
 
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
-WRITER_WAIT_S = 30.0  # as long as SQLite's own busy timeout below
+# How long a writer waits for the database: for its turn here, and for SQLite's own lock.
+WRITER_WAIT_S = 30.0
 
 
 class _WriterTurn:
@@ -100,7 +101,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         kwargs.setdefault("pool_size", 20)
         kwargs.setdefault("max_overflow", 20)
         kwargs.setdefault("pool_reset_on_return", None)
-        engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
+        engine = create_async_engine(url, connect_args={"timeout": WRITER_WAIT_S}, **kwargs)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
@@ -109,7 +110,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={int(WRITER_WAIT_S * 1000)}")
             cursor.close()
 
         _WriterTurn().install(engine)
