@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import logging
 import os
 import signal
@@ -157,11 +158,13 @@ class TestSupervision:
         assert await watching == 0
 
 
-def ask_healthz(connection: socket.socket) -> bytes:
-    """One HTTP/1.1 request on a kept-alive connection; the answer's status line."""
-    connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: app\r\n\r\n")
-    answer = connection.recv(65536)
-    return answer.split(b"\r\n", 1)[0]
+def ask_healthz(connection: http.client.HTTPConnection) -> int:
+    """One request on a kept-alive connection, its answer read whole (headers and body may
+    arrive in separate segments); raises if the app has closed the connection."""
+    connection.request("GET", "/healthz")
+    answer = connection.getresponse()
+    answer.read()
+    return answer.status
 
 
 class TestIdleConnections:
@@ -173,7 +176,17 @@ class TestIdleConnections:
         monkeypatch.setenv("OPSC_DATA_DIR", str(run.options.data_dir))
         users = await run.start_app(next(a for a in HOSTED_APPS if a.app_id == "users"))
         assert APP_KEEP_ALIVE_S > 90
-        with socket.create_connection(("127.0.0.1", users.port), timeout=10) as connection:
-            assert ask_healthz(connection) == b"HTTP/1.1 200 OK"
+        connection = http.client.HTTPConnection("127.0.0.1", users.port, timeout=10)
+        try:
+            assert ask_healthz(connection) == 200
+            first_socket = connection.sock
             await asyncio.sleep(6.5)
-            assert ask_healthz(connection) == b"HTTP/1.1 200 OK", "the app closed the connection"
+            try:
+                status = ask_healthz(connection)
+            except (http.client.RemoteDisconnected, ConnectionError) as closed:
+                pytest.fail(f"the app closed the connection: {closed!r}")
+            assert status == 200
+            # http.client reconnects quietly only after a closed socket: same socket or bust.
+            assert connection.sock is first_socket, "the app closed the connection"
+        finally:
+            connection.close()
