@@ -77,13 +77,13 @@ class ExecutionRecord:
 
     def __init__(self, gateway: Gateway, page_size: int) -> None:
         self._gateway = gateway
-        self._page_size = page_size
+        self.page_size = page_size
 
     async def page(self, execution_id: str, after_seq: int) -> StoredPage:
         try:
             response = await self._gateway.invoke(
                 EXECUTOR, "GET", f"/internal/executions/{execution_id}/stream",
-                params={"after_seq": str(after_seq), "limit": str(self._page_size)},
+                params={"after_seq": str(after_seq), "limit": str(self.page_size)},
                 headers=outgoing_headers())
         except DomainError as exc:
             raise StorageUnavailable(exc.detail) from None
@@ -251,8 +251,10 @@ class LiveStream:
             if stuck or self.finished:
                 break
             next_after = page.next_after_seq
-            if not page.messages or next_after is None or next_after <= after:
-                # Storage holds nothing more: a final execution has nothing more to say.
+            if (len(page.messages) < self._record.page_size or next_after is None
+                    or next_after <= after):
+                # A short page: storage held nothing more when it was read (reading again
+                # would only confirm it). A final execution has nothing more to say.
                 self.finished = final
                 if self.ahead > self.last and self._hole_expired():
                     self.ahead = self.last  # a seq announced live never reached storage

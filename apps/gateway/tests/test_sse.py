@@ -527,6 +527,20 @@ class TestStream:
         assert seqs(events) == [1, 2, 3, 4, 5, 6]
         assert executor.reads == [0, 2, 4]
 
+    async def test_a_short_page_is_all_storage_had(self, live, executor):
+        """One read serves a stream whose stored record fits a page; live events do the rest."""
+        execution, open_stream, _ = await live()
+        await execution.started()
+        await execution.output("stored line\n", publish=False)
+        async with open_stream() as response:
+            reader = SseReader(response)
+            assert seqs(await reader.take(2)) == [1, 2]
+            await execution.output("live line\n")
+            await execution.target_finished()
+            await execution.finished()
+            assert seqs(await reader.until_end()) == [3, 4, 5]
+        assert executor.reads == [0]
+
     async def test_storage_briefly_unavailable_loses_nothing(self, live, executor):
         execution, open_stream, _ = await live(sse_idle_poll_s=0.2)
         async with open_stream() as response:
