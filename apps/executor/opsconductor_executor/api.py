@@ -121,6 +121,15 @@ async def read_output(execution_id: uuid.UUID, _: Reader, executions: Executions
                                    after_seq=after_seq, limit=limit)
 
 
+@router.get("/executions/{execution_id}/stream", response_model=StreamPage)
+async def read_stream_page(execution_id: uuid.UUID, _: Reader, executions: Executions,
+                           session: Session, after_seq: AfterSeq = 0,
+                           limit: OutputLimit = 1000) -> StreamPage:
+    """Everything the live stream shows, in seq order, for a reader: the gateway's first read
+    of an events stream is the caller's own, so it is the access check too."""
+    return await executions.stream(session, execution_id, after_seq=after_seq, limit=limit)
+
+
 @router.post("/executions/{execution_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
 async def cancel_execution(execution_id: uuid.UUID, principal: Canceller,
                            executions: Executions, request: Request) -> dict[str, str]:

@@ -27,7 +27,8 @@ class TestAuthentication:
     @pytest.mark.parametrize(("method", "path"), [
         ("GET", "/executions"), ("GET", f"/executions/{SOME_ID}"),
         ("GET", f"/executions/{SOME_ID}/targets"), ("GET", f"/executions/{SOME_ID}/output"),
-        ("POST", f"/executions/{SOME_ID}/cancel"), ("POST", f"/executions/{SOME_ID}/retry-failed"),
+        ("GET", f"/executions/{SOME_ID}/stream"), ("POST", f"/executions/{SOME_ID}/cancel"),
+        ("POST", f"/executions/{SOME_ID}/retry-failed"),
     ])
     async def test_no_token_is_401(self, world: World, method: str, path: str) -> None:
         assert is_problem(await world.client.request(method, path), 401)
@@ -40,6 +41,7 @@ class TestAuthentication:
     @pytest.mark.parametrize(("method", "path", "perms"), [
         ("GET", "/executions", ["jobs:read"]),
         ("GET", f"/executions/{SOME_ID}", ["jobs:run"]),
+        ("GET", f"/executions/{SOME_ID}/stream", ["jobs:read"]),
         ("POST", f"/executions/{SOME_ID}/cancel", ["executions:read"]),
         ("POST", f"/executions/{SOME_ID}/retry-failed", ["executions:read", "executions:cancel"]),
     ])
@@ -207,7 +209,7 @@ class TestCreate:
 
 class TestRead:
     async def test_unknown_ids_are_404_and_malformed_ids_422(self, world: World) -> None:
-        for suffix in ("", "/targets", "/output"):
+        for suffix in ("", "/targets", "/output", "/stream"):
             response = await world.client.get(f"/executions/{SOME_ID}{suffix}",
                                               headers=world.auth(VIEWER))
             assert is_problem(response, 404)
@@ -288,3 +290,7 @@ class TestRead:
                                           params={"after_seq": 3, "limit": 2})).json()
         assert [i["seq"] for i in resumed["items"]] == [4, 5]
         assert resumed["next_after_seq"] == 5
+        # A reader gets the same record with its own token (the gateway's first page).
+        as_reader = await world.client.get(f"/executions/{execution_id}/stream",
+                                           headers=world.auth(VIEWER))
+        assert as_reader.status_code == 200 and as_reader.json() == page

@@ -83,24 +83,42 @@ class ExecutionRecord:
         try:
             response = await self._gateway.invoke(
                 EXECUTOR, "GET", f"/internal/executions/{execution_id}/stream",
-                params={"after_seq": str(after_seq), "limit": str(self.page_size)},
-                headers=outgoing_headers())
+                params=self._params(after_seq), headers=outgoing_headers())
         except DomainError as exc:
             raise StorageUnavailable(exc.detail) from None
         if response.status == 404:
             raise ExecutionGone(execution_id)
         if response.status != 200:
             raise StorageUnavailable(f"stored record answered {response.status}")
-        try:
-            body = response.json()
-            messages = [encode(_seq(item["seq"]), str(item["event"]), item.get("data"))
-                        for item in body["items"]]
-            next_after = body.get("next_after_seq")
-            status = body.get("status")
-            return StoredPage(messages, str(status) if status is not None else None,
-                              _seq(next_after) if next_after else None)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StorageUnavailable(f"malformed stored record: {type(exc).__name__}") from None
+        return _stored_page(response)
+
+    async def open(self, execution_id: str, after_seq: int,
+                   caller_headers: dict[str, str]) -> StoredPage | InvokeResponse:
+        """The first page, read with the caller's own request: the executor checks the caller's
+        access as it reads. A refusal (or any other answer but 200) comes back to be passed on;
+        a 200 that cannot be read raises StorageUnavailable (the stream reads again)."""
+        response = await self._gateway.invoke(
+            EXECUTOR, "GET", f"/executions/{execution_id}/stream",
+            params=self._params(after_seq), headers=caller_headers)
+        if response.status != 200:
+            return response
+        return _stored_page(response)
+
+    def _params(self, after_seq: int) -> dict[str, str]:
+        return {"after_seq": str(after_seq), "limit": str(self.page_size)}
+
+
+def _stored_page(response: InvokeResponse) -> StoredPage:
+    try:
+        body = response.json()
+        messages = [encode(_seq(item["seq"]), str(item["event"]), item.get("data"))
+                    for item in body["items"]]
+        next_after = body.get("next_after_seq")
+        status = body.get("status")
+        return StoredPage(messages, str(status) if status is not None else None,
+                          _seq(next_after) if next_after else None)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StorageUnavailable(f"malformed stored record: {type(exc).__name__}") from None
 
 
 def _seq(value: Any) -> int:
@@ -126,18 +144,18 @@ class LiveStream:
     """One SSE connection: what it has sent (`last`) and what it knows exists (`ahead`)."""
 
     def __init__(self, execution_id: str, resume_after: int, hub: LiveHub,
+                 subscriber: Subscriber, first_page: StoredPage | None,
                  record: ExecutionRecord, settings: Settings,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        """Subscribes, then starts reading storage after the resume point (subscribed first:
-        nothing published meanwhile is missed); `close()` undoes both if it never runs."""
+        """`subscriber` was subscribed before `first_page` was read (nothing published meanwhile
+        is missed); without a first page, the stream reads storage first."""
         self.execution_id = execution_id
         self.last = resume_after
         self.ahead = resume_after
         self.finished = False
         self._hub = hub
-        self._subscriber = hub.subscribe(execution_id)
-        self._first_page: asyncio.Future[StoredPage] | None = asyncio.ensure_future(
-            record.page(execution_id, resume_after))
+        self._subscriber = subscriber
+        self._first_page = first_page
         self._record = record
         self._settings = settings
         self._clock = clock
@@ -172,11 +190,8 @@ class LiveStream:
             self.close()
 
     def close(self) -> None:
-        """Unsubscribe and drop a first read still running (twice is harmless)."""
+        """Unsubscribe (twice is harmless)."""
         self._hub.unsubscribe(self._subscriber)
-        if self._first_page is not None:
-            _drop(self._first_page)
-            self._first_page = None
 
     async def _take(self, subscriber: Subscriber) -> AsyncIterator[bytes]:
         messages, overflowed = subscriber.take()
@@ -221,8 +236,8 @@ class LiveStream:
         while not self.finished:
             first, self._first_page = self._first_page, None
             try:
-                page = await (first if first is not None
-                              else self._record.page(self.execution_id, after))
+                page = first if first is not None else await self._record.page(
+                    self.execution_id, after)
             except StorageUnavailable as exc:
                 log.warning("stored output unavailable", extra={
                     "execution_id": self.execution_id, "error": str(exc)})
@@ -302,40 +317,39 @@ class ExecutionEvents:
         headers = self._gateway.forwarded_headers(request.scope)
         headers.pop("Last-Event-ID", None)
         headers["Accept"] = "application/json"
-        if request.method == "HEAD":
-            access = await self._check_access(execution_id, headers)
-            if access.status != 200:
-                return _answer(access)
-            return Response(media_type="text/event-stream", headers=SSE_HEADERS)
-        # Storage is read while the executor checks access, so the first bytes wait for the
-        # slower of the two calls, not for both in turn; a refusal drops the page unread.
-        stream = LiveStream(execution_id, resume_after, self._hub, self._record, self._settings)
+        # Subscribed first: nothing published while the first page is read is missed.
+        subscriber = self._hub.subscribe(execution_id)
         try:
-            access = await self._check_access(execution_id, headers)
+            opened = await self._open(execution_id, resume_after, headers)
         except BaseException:
-            stream.close()
+            self._hub.unsubscribe(subscriber)
             raise
-        if access.status != 200:
-            stream.close()
-            return _answer(access)
+        if isinstance(opened, InvokeResponse):
+            self._hub.unsubscribe(subscriber)
+            return _answer(opened)
+        if request.method == "HEAD":
+            self._hub.unsubscribe(subscriber)
+            return Response(media_type="text/event-stream", headers=SSE_HEADERS)
+        stream = LiveStream(execution_id, resume_after, self._hub, subscriber, opened,
+                            self._record, self._settings)
         # The stream unsubscribes when it ends; the background task covers a response whose
         # body never started (the client went away first).
         return StreamingResponse(stream.run(), media_type="text/event-stream",
                                  headers=SSE_HEADERS, background=BackgroundTask(stream.close))
 
-    async def _check_access(self, execution_id: str, headers: dict[str, str]) -> InvokeResponse:
-        return await self._gateway.invoke(EXECUTOR, "GET", f"/executions/{execution_id}",
-                                          headers=headers)
+    async def _open(self, execution_id: str, resume_after: int,
+                    headers: dict[str, str]) -> StoredPage | InvokeResponse | None:
+        """The refusal to pass on, or the first page (None: the stream reads it again)."""
+        try:
+            return await self._record.open(execution_id, resume_after, headers)
+        except StorageUnavailable as exc:
+            log.warning("stored output unavailable", extra={
+                "execution_id": execution_id, "error": str(exc)})
+            return None
 
 
 def _answer(upstream: InvokeResponse) -> Response:
     return Response(upstream.body, status_code=upstream.status, headers=returned_headers(upstream))
-
-
-def _drop(read: asyncio.Future[StoredPage]) -> None:
-    """A storage read nobody will use: cancelled, and its outcome not reported."""
-    read.cancel()
-    read.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 def _resume_point(request: Request) -> int:

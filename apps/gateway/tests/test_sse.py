@@ -50,7 +50,8 @@ def problem(status: int, title: str) -> Response:
 
 
 class FakeExecutor:
-    """The executor's read access check and its stored, ordered record of each execution."""
+    """The executor's stored, ordered record of each execution: read by a caller with its own
+    token (access checked) or by the gateway alone (internal)."""
 
     def __init__(self) -> None:
         self.records: dict[str, list[dict[str, Any]]] = {}
@@ -58,41 +59,37 @@ class FakeExecutor:
         self.forbidden: set[str] = set()
         self.access_headers: list[dict[str, str]] = []
         self.reads: list[int] = []
+        self.internal_reads: list[int] = []
         self.down = False
-        # Set: the access check answers only once a storage read arrived (or after 3 s, 503).
-        self.check_waits_for_a_read = False
-        self.read_arrived = asyncio.Event()
         app = FastAPI()
         self.app = app
 
-        @app.get("/executions/{execution_id}")
-        async def read(execution_id: str, request: Request) -> Response:
+        @app.get("/executions/{execution_id}/stream")
+        async def read_as_caller(execution_id: str, request: Request, after_seq: int = 0,
+                                 limit: int = 500) -> Response:
             self.access_headers.append(dict(request.headers))
-            if self.check_waits_for_a_read:
-                try:
-                    await asyncio.wait_for(self.read_arrived.wait(), 3.0)
-                except TimeoutError:
-                    return problem(503, "No storage read while access was checked")
             if not request.headers.get("authorization", "").startswith("Bearer "):
                 return problem(401, "Unauthorized")
             if execution_id in self.forbidden:
                 return problem(403, "Forbidden")
-            if execution_id not in self.records:
-                return problem(404, "Not found")
-            return JSONResponse({"id": execution_id, "status": self.status[execution_id]})
+            return self.page(execution_id, after_seq, limit)
 
         @app.get("/internal/executions/{execution_id}/stream")
-        async def stream(execution_id: str, after_seq: int = 0, limit: int = 500) -> Response:
-            self.reads.append(after_seq)
-            self.read_arrived.set()
-            if self.down:
-                return problem(503, "Service unavailable")
-            if execution_id not in self.records:
-                return problem(404, "Not found")
-            ordered = sorted(self.records[execution_id], key=lambda item: item["seq"])
-            items = [item for item in ordered if item["seq"] > after_seq][:limit]
-            return JSONResponse({"items": items, "status": self.status[execution_id],
-                                 "next_after_seq": items[-1]["seq"] if items else after_seq})
+        async def read_internal(execution_id: str, after_seq: int = 0,
+                                limit: int = 500) -> Response:
+            self.internal_reads.append(after_seq)
+            return self.page(execution_id, after_seq, limit)
+
+    def page(self, execution_id: str, after_seq: int, limit: int) -> Response:
+        self.reads.append(after_seq)
+        if self.down:
+            return problem(503, "Service unavailable")
+        if execution_id not in self.records:
+            return problem(404, "Not found")
+        ordered = sorted(self.records[execution_id], key=lambda item: item["seq"])
+        items = [item for item in ordered if item["seq"] > after_seq][:limit]
+        return JSONResponse({"items": items, "status": self.status[execution_id],
+                             "next_after_seq": items[-1]["seq"] if items else after_seq})
 
     def create(self, status: str = "running") -> str:
         execution_id = str(uuid.uuid4())
@@ -293,9 +290,9 @@ async def live(gateway: Callable[..., Any], executor: FakeExecutor,
         execution.hub = app.state.live_hub
 
         def open_stream(execution_id: str | None = None, headers: dict[str, str] | None = None,
-                        params: dict[str, str] | None = None) -> Any:
+                        params: dict[str, str] | None = None, method: str = "GET") -> Any:
             path = f"/api/v1/executions/{execution_id or execution.id}/events"
-            return http.stream("GET", path, headers={**auth, **(headers or {})}, params=params)
+            return http.stream(method, path, headers={**auth, **(headers or {})}, params=params)
 
         return execution, open_stream, statuses
 
@@ -350,16 +347,26 @@ class TestAccess:
         assert sent["authorization"] == auth["Authorization"]
         assert sent["x-forwarded-for"] == "203.0.113.7"
 
-    async def test_storage_is_read_while_access_is_checked(self, live, executor):
-        """The stream's first bytes wait for the slower of the two calls, not both in turn."""
+    async def test_the_first_read_is_the_access_check(self, live, executor):
+        """One call before the first bytes: the caller's own read of the stored record."""
         execution, open_stream, _ = await live()
         await execution.output("stored line\n", publish=False)
-        executor.check_waits_for_a_read = True
         async with open_stream() as response:
             assert response.status_code == 200
             events = await SseReader(response).take(1, timeout_s=3)
         assert [e.event for e in events] == ["output"]
-        assert executor.reads[0] == 0
+        assert executor.reads == [0] and executor.internal_reads == []
+        assert len(executor.access_headers) == 1
+
+    async def test_later_reads_do_not_need_the_callers_token(self, live, executor):
+        """A token that expires during a long stream does not cut storage reads off."""
+        execution, open_stream, _ = await live(sse_page_size=1)
+        await execution.output("a", "b", publish=False)
+        await execution.finished(publish=False)
+        async with open_stream() as response:
+            assert seqs(await SseReader(response).until_end()) == [1, 2, 3]
+        assert executor.reads == [0, 1, 2] and executor.internal_reads == [1, 2]
+        assert len(executor.access_headers) == 1
 
     async def test_a_refused_stream_leaves_nothing_behind(self, live, executor):
         execution, open_stream, _ = await live()
@@ -367,6 +374,18 @@ class TestAccess:
         async with open_stream() as response:
             assert response.status_code == 403
         assert execution.hub.connections == 0 and not execution.hub.watching(execution.id)
+
+    async def test_head_answers_like_the_stream_would_and_subscribes_nothing(
+            self, live, executor):
+        execution, open_stream, _ = await live()
+        async with open_stream(method="HEAD") as allowed:
+            assert allowed.status_code == 200
+            assert allowed.headers["content-type"].startswith("text/event-stream")
+        executor.forbidden.add(execution.id)
+        async with open_stream(method="HEAD") as refused:
+            assert refused.status_code == 403
+        assert execution.hub.connections == 0 and not execution.hub.watching(execution.id)
+        assert len(executor.access_headers) == 2
 
     async def test_422_for_a_resume_point_that_is_no_event_id(self, client, executor, auth):
         execution_id = executor.create()
