@@ -35,8 +35,9 @@ DEFAULT_CONTENT_TYPE = "application/json; charset=utf-8"
 # Connections kept open to the sidecar. Calls beyond this wait for a free one: the queue stays
 # in this process instead of becoming ever more sockets against an already busy sidecar.
 MAX_CONNECTIONS = 128
-# Below the idle timeout of daprd's HTTP server, so a pooled connection is not reused just as
-# the sidecar closes it.
+# How long an idle pooled connection is kept. daprd's HTTP server sets no idle timeout of its
+# own (v1.16 pkg/api/http/server.go), so the pool alone decides: a quiet app gives its sockets
+# back after this.
 KEEPALIVE_S = 15.0
 
 
