@@ -61,6 +61,7 @@ class FakeExecutor:
         self.reads: list[int] = []
         self.internal_reads: list[int] = []
         self.down = False
+        self.unreadable_for_callers = False
         app = FastAPI()
         self.app = app
 
@@ -72,6 +73,8 @@ class FakeExecutor:
                 return problem(401, "Unauthorized")
             if execution_id in self.forbidden:
                 return problem(403, "Forbidden")
+            if self.unreadable_for_callers:
+                return JSONResponse({"items": "not a list"})
             return self.page(execution_id, after_seq, limit)
 
         @app.get("/internal/executions/{execution_id}/stream")
@@ -357,6 +360,17 @@ class TestAccess:
         assert [e.event for e in events] == ["output"]
         assert executor.reads == [0] and executor.internal_reads == []
         assert len(executor.access_headers) == 1
+
+    async def test_an_unreadable_first_page_is_read_again(self, live, executor):
+        """Access was granted (200); only the page is lost, so the stream reads storage itself."""
+        execution, open_stream, _ = await live()
+        await execution.output("stored line\n", publish=False)
+        executor.unreadable_for_callers = True
+        async with open_stream() as response:
+            assert response.status_code == 200
+            events = await SseReader(response).take(1, timeout_s=3)
+        assert [e.event for e in events] == ["output"]
+        assert executor.internal_reads == [0]
 
     async def test_later_reads_do_not_need_the_callers_token(self, live, executor):
         """A token that expires during a long stream does not cut storage reads off."""
