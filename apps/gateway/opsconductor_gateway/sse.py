@@ -93,16 +93,21 @@ class ExecutionRecord:
         return _stored_page(response)
 
     async def open(self, execution_id: str, after_seq: int,
-                   caller_headers: dict[str, str]) -> StoredPage | InvokeResponse:
+                   caller_headers: dict[str, str]) -> StoredPage | InvokeResponse | None:
         """The first page, read with the caller's own request: the executor checks the caller's
         access as it reads. A refusal (or any other answer but 200) comes back to be passed on;
-        a 200 that cannot be read raises StorageUnavailable (the stream reads again)."""
+        a 200 that cannot be read is None (access was granted; the stream reads again)."""
         response = await self._gateway.invoke(
             EXECUTOR, "GET", f"/executions/{execution_id}/stream",
             params=self._params(after_seq), headers=caller_headers)
         if response.status != 200:
             return response
-        return _stored_page(response)
+        try:
+            return _stored_page(response)
+        except StorageUnavailable as exc:
+            log.warning("stored output unavailable", extra={
+                "execution_id": execution_id, "error": str(exc)})
+            return None
 
     def _params(self, after_seq: int) -> dict[str, str]:
         return {"after_seq": str(after_seq), "limit": str(self.page_size)}
@@ -143,13 +148,12 @@ async def _wait(event: asyncio.Event, timeout_s: float) -> bool:
 class LiveStream:
     """One SSE connection: what it has sent (`last`) and what it knows exists (`ahead`)."""
 
-    def __init__(self, execution_id: str, resume_after: int, hub: LiveHub,
-                 subscriber: Subscriber, first_page: StoredPage | None,
-                 record: ExecutionRecord, settings: Settings,
+    def __init__(self, resume_after: int, hub: LiveHub, subscriber: Subscriber,
+                 first_page: StoredPage | None, record: ExecutionRecord, settings: Settings,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """`subscriber` was subscribed before `first_page` was read (nothing published meanwhile
         is missed); without a first page, the stream reads storage first."""
-        self.execution_id = execution_id
+        self.execution_id = subscriber.execution_id
         self.last = resume_after
         self.ahead = resume_after
         self.finished = False
@@ -320,7 +324,7 @@ class ExecutionEvents:
         # Subscribed first: nothing published while the first page is read is missed.
         subscriber = self._hub.subscribe(execution_id)
         try:
-            opened = await self._open(execution_id, resume_after, headers)
+            opened = await self._record.open(execution_id, resume_after, headers)
         except BaseException:
             self._hub.unsubscribe(subscriber)
             raise
@@ -330,22 +334,12 @@ class ExecutionEvents:
         if request.method == "HEAD":
             self._hub.unsubscribe(subscriber)
             return Response(media_type="text/event-stream", headers=SSE_HEADERS)
-        stream = LiveStream(execution_id, resume_after, self._hub, subscriber, opened,
-                            self._record, self._settings)
+        stream = LiveStream(resume_after, self._hub, subscriber, opened, self._record,
+                            self._settings)
         # The stream unsubscribes when it ends; the background task covers a response whose
         # body never started (the client went away first).
         return StreamingResponse(stream.run(), media_type="text/event-stream",
                                  headers=SSE_HEADERS, background=BackgroundTask(stream.close))
-
-    async def _open(self, execution_id: str, resume_after: int,
-                    headers: dict[str, str]) -> StoredPage | InvokeResponse | None:
-        """The refusal to pass on, or the first page (None: the stream reads it again)."""
-        try:
-            return await self._record.open(execution_id, resume_after, headers)
-        except StorageUnavailable as exc:
-            log.warning("stored output unavailable", extra={
-                "execution_id": execution_id, "error": str(exc)})
-            return None
 
 
 def _answer(upstream: InvokeResponse) -> Response:
