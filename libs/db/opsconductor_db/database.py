@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.util import await_
 
 from opsconductor_core.loops import PerLoop
+from opsconductor_db.sqlite_inline import InlineSQLite
 
 log = logging.getLogger("opsconductor.db")
 
@@ -101,7 +102,8 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         kwargs.setdefault("pool_size", 20)
         kwargs.setdefault("max_overflow", 20)
         kwargs.setdefault("pool_reset_on_return", None)
-        engine = create_async_engine(url, connect_args={"timeout": WRITER_WAIT_S}, **kwargs)
+        engine = create_async_engine(url, module=InlineSQLite(),
+                                     connect_args={"timeout": WRITER_WAIT_S}, **kwargs)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:

@@ -213,3 +213,67 @@ class TestSqliteWriters:
         async with asyncio.timeout(5.0):
             await _insert(sqlite_db, "next")
         assert await _titles(sqlite_db) == ["next"]
+
+
+class _LoopTurns:
+    """Counts the event loop's turns while it runs (a task that yields once per turn)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._task = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0)
+            self.count += 1
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+class TestSqliteInline:
+    """SQLite is called on the event loop's thread: a transaction does not wait for loop turns."""
+
+    async def test_a_write_transaction_runs_without_giving_up_the_loop(
+        self, sqlite_db: ServiceDatabase
+    ) -> None:
+        await _insert(sqlite_db, "warm")  # the pool's first connection is made here
+
+        async def loop_turns_taken(statements: int) -> int:
+            turns = _LoopTurns()
+            await asyncio.sleep(0)
+            before = turns.count
+            async with sqlite_db.transaction() as session:
+                for i in range(statements):
+                    session.add(Note(title=f"note-{statements}-{i}"))
+                    await session.flush()
+            turns.stop()
+            return turns.count - before
+
+        empty = await loop_turns_taken(0)
+        # Through a driver thread, the loop turned over a thousand times while one statement ran.
+        assert await loop_turns_taken(10) <= empty
+        assert len(await _titles(sqlite_db)) == 11
+
+    async def test_a_result_is_read_after_its_session_closed(
+        self, sqlite_db: ServiceDatabase
+    ) -> None:
+        for title in ("a", "b", "c"):
+            await _insert(sqlite_db, title)
+        async with sqlite_db.sessions() as session:
+            result = await session.execute(select(Note.title).order_by(Note.title))
+        assert [row.title for row in result] == ["a", "b", "c"]
+        # and its rows did not keep a read open: a checkpoint can take every WAL frame back
+        async with sqlite_db.engine.connect() as conn:
+            busy = (await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()[0]
+        assert busy == 0
+
+    async def test_a_failed_statement_raises_and_the_connection_stays_usable(
+        self, sqlite_db: ServiceDatabase
+    ) -> None:
+        await _insert(sqlite_db, "taken")
+        for _ in range(25):  # more than the pool holds: a broken connection would come back
+            with pytest.raises(IntegrityError):
+                await _insert(sqlite_db, "taken")
+        await _insert(sqlite_db, "free")
+        assert await _titles(sqlite_db) == ["free", "taken"]
