@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import stat
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse
 from opsconductor_runtime.embedded import EmbeddedHost
 from opsconductor_runtime.embedded.bindings import Schedule, load_cron_bindings, parse_go_duration
 from opsconductor_runtime.embedded.secrets import ensure_secret_file
+from opsconductor_runtime.embedded.store import HostStore
 from opsconductor_runtime.interface import AppUnavailable, ETagMismatch
 
 
@@ -270,3 +272,25 @@ class TestCronBindings:
             assert other.ticks == 0
         finally:
             await host.close()
+
+
+class TestHostStore:
+    """The host's own file: queued deliveries and state rows."""
+
+    async def test_rows_inserted_together_are_stored_together_or_not_at_all(
+        self, tmp_path: Path
+    ) -> None:
+        store = HostStore(tmp_path / "runtime.db")
+        await store.open()
+        sql = ("INSERT INTO deliveries (app_id, route, pubsub, topic, payload, next_attempt_at)"
+               " VALUES (?, ?, ?, ?, ?, ?)")
+        good = ("jobs", "/events", "pubsub", "t", "{}", 0.0)
+        with pytest.raises(sqlite3.IntegrityError):
+            await store.insert(sql, [good, ("audit", "/events", "pubsub", "t", None, 0.0)])
+        assert await store.fetch("SELECT COUNT(*) FROM deliveries") == [(0,)]
+        assert len(await store.insert(sql, [good, good])) == 2
+        await store.close()
+        reopened = HostStore(tmp_path / "runtime.db")
+        await reopened.open()
+        assert await reopened.fetch("SELECT COUNT(*) FROM deliveries") == [(2,)]
+        await reopened.close()
