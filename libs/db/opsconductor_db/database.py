@@ -55,7 +55,9 @@ class _WriterTurn:
     service's requests, outbox relay and background writers sharing a file, those sleeps were
     most of a run's wait under load. Here a connection takes the turn before its first write
     (the moment SQLite would take the lock) and gives it back when it returns to the pool,
-    after its commit or rollback.
+    after its commit or rollback. With statements run on the loop's thread (sqlite_inline), a
+    writer of this process that met the lock in SQLite would stall the loop the holder needs to
+    finish: the turn is what keeps that from happening.
     """
 
     def __init__(self) -> None:

@@ -125,7 +125,6 @@ class InlineSQLite(AsyncAdapt_aiosqlite_dbapi):
         self.has_stop = True  # connections close at once: the pool may terminate them
 
     def connect(self, *args: Any, **kwargs: Any) -> InlineConnection:  # type: ignore[override]
-        kwargs.pop("async_creator_fn", None)
         # The pool may close a connection from another thread (garbage collection, dispose);
         # SQLAlchemy already hands one connection to one caller at a time.
         kwargs["check_same_thread"] = False
