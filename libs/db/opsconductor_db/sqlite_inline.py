@@ -90,9 +90,6 @@ class InlineConnection(AdaptedConnection):
     def cursor(self, server_side: bool = False) -> InlineCursor:
         return InlineCursor(self._sqlite)
 
-    def execute(self, operation: str, parameters: Any = ()) -> InlineCursor:
-        return self.cursor().execute(operation, parameters)
-
     def create_function(self, *args: Any, **kwargs: Any) -> None:
         self._sqlite.create_function(*args, **kwargs)
 

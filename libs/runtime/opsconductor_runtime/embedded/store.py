@@ -52,43 +52,37 @@ class HostStore:
             conn, self._conn = self._conn, None
             conn.close()
 
-    def _run(self, sql: str, params: tuple[Any, ...] | list[tuple[Any, ...]], many: bool) -> Any:
+    @property
+    def _open_conn(self) -> sqlite3.Connection:
         assert self._conn is not None, "host store is not open"
-        if many:
-            with self._transaction():
-                self._conn.executemany(sql, params)
-            return None
-        cursor = self._conn.execute(sql, params)
-        rows = cursor.fetchall()
-        return rows if rows else cursor.lastrowid
-
-    def _insert(self, sql: str, rows: list[tuple[Any, ...]]) -> list[int]:
-        assert self._conn is not None, "host store is not open"
-        with self._transaction():
-            return [int(self._conn.execute(sql, row).lastrowid or 0) for row in rows]
+        return self._conn
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         # The connection autocommits each statement (isolation_level=None); where a call's rows
         # go in together, it says so itself. (`with conn:` alone would commit each one.)
-        assert self._conn is not None, "host store is not open"
-        self._conn.execute("BEGIN")
+        conn = self._open_conn
+        conn.execute("BEGIN")
         try:
-            yield
+            yield conn
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            conn.execute("ROLLBACK")
             raise
-        self._conn.execute("COMMIT")
+        conn.execute("COMMIT")
 
     async def insert(self, sql: str, rows: list[tuple[Any, ...]]) -> list[int]:
         """Rows inserted in one transaction; their rowids in order."""
-        return self._insert(sql, rows)
+        with self._transaction() as conn:
+            return [int(conn.execute(sql, row).lastrowid or 0) for row in rows]
 
     async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
-        return self._run(sql, params, False)
+        cursor = self._open_conn.execute(sql, params)
+        rows = cursor.fetchall()
+        return rows if rows else cursor.lastrowid
 
     async def execute_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        self._run(sql, rows, True)
+        with self._transaction() as conn:
+            conn.executemany(sql, rows)
 
     async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         result = await self.execute(sql, params)
