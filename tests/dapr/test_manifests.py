@@ -13,8 +13,10 @@ import pytest
 import yaml
 
 from opsconductor_contracts import topics
+from opsconductor_contracts.components import PUBSUB, PUBSUB_PUBLISHER
 from opsconductor_platform.dapr_setup import dapr_dir
 from opsconductor_platform.hosting import HOSTED_APPS, components_dir
+from opsconductor_runtime.dapr.runtime import PUBLISHING_COMPONENT_SUFFIX
 from opsconductor_runtime.embedded.bindings import load_cron_bindings
 from opsconductor_testing.runtime import RecordingRuntime
 
@@ -56,8 +58,8 @@ def all_topics() -> set[str]:
     return {v for k, v in vars(topics).items() if k.isupper() and isinstance(v, str)}
 
 
-def twin(name: str) -> dict[str, Any]:
-    return load(components_dir() / name / "pubsub.yaml")[0]
+def twin(name: str, file: str = "pubsub.yaml") -> dict[str, Any]:
+    return load(components_dir() / name / file)[0]
 
 
 class TestComponents:
@@ -85,6 +87,23 @@ class TestComponents:
         assert rabbit["scopes"] == redis["scopes"]
         for key in SCOPE_KEYS:
             assert metadata(rabbit)[key]["value"] == metadata(redis)[key]["value"], key
+
+    @pytest.mark.parametrize("folder", TWINS)
+    def test_apps_publish_through_a_component_that_subscribes_nothing(self, folder: str) -> None:
+        """Same broker, exchanges and publishing scopes as `pubsub`; its own connection."""
+        pubsub, publisher = twin(folder), twin(folder, "pubsub-publisher.yaml")
+        assert publisher["metadata"]["name"] == PUBSUB_PUBLISHER == PUBSUB + PUBLISHING_COMPONENT_SUFFIX
+        for key in ("type", "version"):
+            assert publisher["spec"][key] == pubsub["spec"][key], key
+        assert publisher["auth"] == pubsub["auth"] and publisher["scopes"] == pubsub["scopes"]
+        mine, theirs = metadata(publisher), metadata(pubsub)
+        subscribing = scopes(mine.pop("subscriptionScopes")["value"])
+        assert subscribing == {app: set() for app in publisher["scopes"]}
+        # Everything else is pubsub's own setting: exchanges declared alike by both components.
+        assert all(mine[name] == theirs[name] for name in mine)
+        assert {"allowedTopics", "publishingScopes"} <= set(mine)
+        if folder == "pubsub-rabbitmq":
+            assert {"durable", "deletedWhenUnused", "deliveryMode", "publisherConfirm"} <= set(mine)
 
     def test_every_topic_is_allowed_and_owned_by_exactly_one_publisher(self) -> None:
         component = twin(TWINS[0])

@@ -400,7 +400,9 @@ class TestDaprResources:
         rendered = of_kind(docs, "Component")
         sources = {d["metadata"]["name"]: d for p in sorted(COMPONENTS.glob("*.yaml"))
                    for d in load(p)}
-        sources["pubsub"] = load(COMPONENTS / f"pubsub-{broker}" / "pubsub.yaml")[0]
+        sources |= {d["metadata"]["name"]: d
+                    for p in sorted((COMPONENTS / f"pubsub-{broker}").glob("*.yaml"))
+                    for d in load(p)}
         sources["secretstore"] = load(COMPONENTS / "kubernetes" / "secretstore.yaml")[0]
         assert set(rendered) == set(sources)
         for name, source in sources.items():

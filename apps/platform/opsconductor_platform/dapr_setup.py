@@ -187,14 +187,16 @@ class RunFiles:
 
 def stage_resources(target: Path, components: Path, pubsub: PubSub) -> None:
     """One flat resources folder for every sidecar, of links into the repository: the shared
-    components (top level of components/), the chosen pub/sub twin, and the resiliency policy.
+    components (top level of components/), the chosen broker's folder (its pub/sub component and
+    that component's publishing component), and the resiliency policy.
     (Pointing daprd at components/ itself works too, but it warns about every subfolder.)"""
     for old in target.iterdir():
         old.unlink()
-    chosen = components / f"pubsub-{pubsub.value}" / "pubsub.yaml"
-    if not chosen.is_file():
-        raise SetupError(f"missing {chosen}")
-    sources = [*sorted(components.glob("*.yaml")), chosen, dapr_dir() / "resiliency.yaml"]
+    chosen = components / f"pubsub-{pubsub.value}"
+    if not (chosen / "pubsub.yaml").is_file():
+        raise SetupError(f"missing {chosen / 'pubsub.yaml'}")
+    sources = [*sorted(components.glob("*.yaml")), *sorted(chosen.glob("*.yaml")),
+               dapr_dir() / "resiliency.yaml"]
     for source in sources:
         (target / source.name).symlink_to(source.resolve())
 

@@ -2,6 +2,9 @@
 
 # components/pubsub-*/pubsub.yaml — the one pub/sub component, RabbitMQ or Redis Streams.
 PUBSUB = "pubsub"
+# components/pubsub-*/pubsub-publisher.yaml — where the Dapr runtime sends what apps publish on
+# PUBSUB (opsconductor_runtime.dapr.runtime.PUBLISHING_COMPONENT_SUFFIX); apps name only PUBSUB.
+PUBSUB_PUBLISHER = "pubsub-publisher"
 # components/statestore.yaml — token deny-list, rate-limit counters, leases.
 STATE_STORE = "statestore"
 # components/secretstore.yaml — JWT signing key, credential master key.

@@ -34,6 +34,10 @@ from opsconductor_runtime.interface import (
 log = logging.getLogger("opsconductor.runtime.dapr")
 
 CLOUDEVENTS_JSON = "application/cloudevents+json"
+# Messages for pub/sub component `X` leave through component `X-publisher`: the same broker and
+# topics, no subscriptions, so no subscription's reconnect can close the connection a publish
+# waits on for its broker confirm (components/pubsub-rabbitmq/pubsub-publisher.yaml says why).
+PUBLISHING_COMPONENT_SUFFIX = "-publisher"
 # gRPC codes daprd uses for a lost optimistic-concurrency race.
 _CONFLICT_CODES = frozenset({grpc.StatusCode.ABORTED, grpc.StatusCode.FAILED_PRECONDITION})
 
@@ -126,15 +130,16 @@ class DaprRuntime:
     # -- pub/sub -----------------------------------------------------------------------------
     async def publish(self, pubsub: str, topic: str, event: dict[str, Any], *,
                       transient: bool = False) -> None:
-        """The envelope is sent as a CloudEvent, so the sidecar keeps its id, source, type and
-        extensions (correlationid, actor, traceparent...) instead of wrapping it in its own.
-        `transient` changes nothing here: the broker keeps every message."""
+        """Sent through `pubsub`'s publishing component (PUBLISHING_COMPONENT_SUFFIX) and received
+        through `pubsub`. The envelope is sent as a CloudEvent, so the sidecar keeps its id,
+        source, type and extensions (correlationid, actor, traceparent...) instead of wrapping it
+        in its own. `transient` changes nothing here: the broker keeps every message."""
         # The relay publishes outside any request: the event's own trace context applies.
         trace = traceparent_var.set(event.get("traceparent") or traceparent_var.get())
         try:
             client, _ = await self._connect()
-            await client.publish_event(pubsub_name=pubsub, topic_name=topic,
-                                       data=json.dumps(event).encode(),
+            await client.publish_event(pubsub_name=pubsub + PUBLISHING_COMPONENT_SUFFIX,
+                                       topic_name=topic, data=json.dumps(event).encode(),
                                        data_content_type=CLOUDEVENTS_JSON)
         except AppUnavailable as exc:
             raise PublishFailed(str(exc)) from exc
