@@ -187,8 +187,9 @@ class RunFiles:
 
 def stage_resources(target: Path, components: Path, pubsub: PubSub) -> None:
     """One flat resources folder for every sidecar, of links into the repository: the shared
-    components (top level of components/), the chosen broker's folder (its pub/sub component and
-    that component's publishing component), and the resiliency policy.
+    components (top level of components/), the chosen broker's folder (`pubsub`, which apps
+    subscribe through, and `pubsub-publisher`, which they publish through), and the resiliency
+    policy.
     (Pointing daprd at components/ itself works too, but it warns about every subfolder.)"""
     for old in target.iterdir():
         old.unlink()
