@@ -1,5 +1,7 @@
 """RabbitMQ goes away under a running Dapr-mode platform and comes back: the events of what
-happened meanwhile wait in the services' outboxes and are delivered afterwards, once each."""
+happened meanwhile wait in the services' outboxes and are delivered afterwards, once each. And a
+sidecar's subscriptions losing their connection leave the connection its app publishes through
+alone."""
 
 from __future__ import annotations
 
@@ -31,16 +33,30 @@ def rabbitmq(action: str) -> None:
                    timeout=300)
 
 
-def broker_queues(url: str) -> str:
-    """Each queue's ready and unacknowledged messages and its consumers: tells an event the
-    broker never got from one parked with a consumer that nobody reads."""
-    vhost = unquote(urlsplit(url).path[1:]) or "/"
-    command = ["env", "ERL_EPMD_ADDRESS=127.0.0.1", "rabbitmqctl", "-q", "list_queues", "-p",
-               vhost, "name", "messages_ready", "messages_unacknowledged", "consumers"]
+def rabbitmqctl(*args: str) -> str:
+    command = ["env", "ERL_EPMD_ADDRESS=127.0.0.1", "rabbitmqctl", "-q", *args]
     if os.geteuid() != 0:
         command = ["sudo", "-n", *command]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     return result.stdout or result.stderr
+
+
+def vhost_of(url: str) -> str:
+    return unquote(urlsplit(url).path[1:]) or "/"
+
+
+def broker_queues(url: str) -> str:
+    """Each queue's ready and unacknowledged messages and its consumers: tells an event the
+    broker never got from one parked with a consumer that nobody reads."""
+    return rabbitmqctl("list_queues", "-p", vhost_of(url), "name", "messages_ready",
+                       "messages_unacknowledged", "consumers")
+
+
+def connections(url: str, name: str) -> set[str]:
+    """The broker's connections of that name (the components' clientName: "<app-id> <component>")."""
+    listed = rabbitmqctl("-s", "list_connections", "-p", vhost_of(url), "pid", "client_properties")
+    wanted = f'{{"connection_name","{name}"}}'
+    return {line.split("\t")[0] for line in listed.splitlines() if wanted in line}
 
 
 def eventually(condition: Callable[[], bool], timeout_s: float, what: str,
@@ -96,6 +112,43 @@ class TestBrokerOutage:
                 assert platform.outbox_rows("auth") == []
                 time.sleep(5)
                 assert logins() == 1 + WAITING  # delivered once each, never twice
+        finally:
+            platform.stop()
+            platform.drop_databases()
+
+    def test_subscriptions_losing_their_connection_leave_publishing_alone(
+            self, platform: RunningPlatform, dapr_brokers: dict[str, str]) -> None:
+        """A sidecar's subscriptions reconnecting (here: their connection closed under them) never
+        close the connection its app publishes through, and what is published meanwhile arrives
+        once each."""
+        url = dapr_brokers["rabbitmq"]
+        platform.start()
+        try:
+            token = platform.login("admin", ADMIN_PASSWORD)["access_token"]
+            with platform.client(token) as admin:
+                admin_id = admin.get("/api/v1/users/me").json()["id"]
+
+                def logins() -> int:
+                    return int(admin.get(f"/api/v1/users/{admin_id}").json()["login_count"])
+
+                eventually(lambda: logins() == 1, 60, "the first login to be counted")
+                publishing = connections(url, "auth pubsub-publisher")
+                assert len(publishing) == 1, rabbitmqctl("list_connections", "-p", vhost_of(url),
+                                                         "client_properties")
+                for _ in range(3):
+                    eventually(lambda: len(connections(url, "auth pubsub")) == 1, 60,
+                               "auth's subscriptions to be connected")
+                    for pid in connections(url, "auth pubsub"):
+                        rabbitmqctl("close_connection", pid, "test: subscriptions reconnect")
+                    for _ in range(3):
+                        platform.login("admin", ADMIN_PASSWORD)
+                assert connections(url, "auth pubsub-publisher") == publishing
+
+                eventually(lambda: logins() == 10, 120, "the logins to arrive",
+                           lambda: f"{logins() - 1} arrived; broker queues:\n{broker_queues(url)}")
+                assert platform.outbox_rows("auth") == []
+                time.sleep(5)
+                assert logins() == 10  # delivered once each, never twice
         finally:
             platform.stop()
             platform.drop_databases()

@@ -98,6 +98,9 @@ class TestComponents:
         assert publisher["auth"] == pubsub["auth"] and publisher["scopes"] == pubsub["scopes"]
         mine, theirs = metadata(publisher), metadata(pubsub)
         subscribing = scopes(mine.pop("subscriptionScopes")["value"])
+        if "clientName" in theirs:  # the broker's name for each connection
+            assert mine.pop("clientName")["value"] == "{appID} " + PUBSUB_PUBLISHER
+            assert theirs["clientName"]["value"] == "{appID} " + PUBSUB
         assert subscribing == {app: set() for app in publisher["scopes"]}
         # Everything else is pubsub's own setting: exchanges declared alike by both components.
         assert all(mine[name] == theirs[name] for name in mine)
