@@ -17,4 +17,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-Session = Annotated[AsyncSession, Depends(get_session)]
+# scope="function": the transaction commits before the answer is sent. FastAPI's default
+# ("request") runs a dependency's exit after the response went out, so a client could hold a
+# 201 for a write whose commit then failed, or read back before it landed.
+Session = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -8,13 +8,16 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import String, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from opsconductor_db import GUID, ServiceDatabase
 from opsconductor_db.database import notify_on_commit
+from opsconductor_db.deps import Session
 from opsconductor_testing.databases import sqlite_url
 
 
@@ -144,6 +147,26 @@ class TestTransaction:
             await anext(dependency)
 
         assert await _titles(db) == ["via dependency"]
+
+
+class TestRequestTransaction:
+    async def test_a_write_the_commit_refuses_is_never_answered_as_done(
+            self, db: ServiceDatabase) -> None:
+        async with db.transaction() as session:
+            session.add(Note(title="taken"))
+        app = FastAPI()
+        app.state.db = db
+
+        @app.post("/notes", status_code=201)
+        async def add(session: Session) -> dict[str, str]:
+            session.add(Note(title="taken"))  # refused only when the transaction commits
+            return {"title": "taken"}
+
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            response = await client.post("/notes")
+        assert response.status_code == 500
+        assert await _titles(db) == ["taken"]
 
 
 async def test_ping_reaches_the_database(db: ServiceDatabase) -> None:
