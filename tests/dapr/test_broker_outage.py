@@ -5,11 +5,12 @@ alone."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -79,42 +80,49 @@ def platform(tmp_path: Path, dapr_brokers: dict[str, str]) -> RunningPlatform:
         database_prefix=database_prefix("outage"))
 
 
+@contextlib.contextmanager
+def counting_logins(platform: RunningPlatform) -> Iterator[Callable[[], int]]:
+    """The platform started, admin logged in once and that login counted by `users`; yields how
+    many logins `users` has counted so far."""
+    platform.start()
+    try:
+        token = platform.login("admin", ADMIN_PASSWORD)["access_token"]
+        with platform.client(token) as admin:
+            admin_id = admin.get("/api/v1/users/me").json()["id"]
+
+            def logins() -> int:
+                return int(admin.get(f"/api/v1/users/{admin_id}").json()["login_count"])
+
+            eventually(lambda: logins() == 1, 60, "the first login to be counted")
+            yield logins
+    finally:
+        platform.stop()
+        platform.drop_databases()
+
+
 class TestBrokerOutage:
     def test_events_wait_in_the_outbox_and_arrive_once_when_rabbitmq_is_back(
             self, platform: RunningPlatform, dapr_brokers: dict[str, str]) -> None:
-        platform.start()
-        try:
-            token = platform.login("admin", ADMIN_PASSWORD)["access_token"]
-            with platform.client(token) as admin:
-                admin_id = admin.get("/api/v1/users/me").json()["id"]
+        with counting_logins(platform) as logins:
+            rabbitmq("stop")
+            try:
+                # Logging in still works: only the announcement of it has to wait.
+                for _ in range(WAITING):
+                    platform.login("admin", ADMIN_PASSWORD)
+                waiting = [t for t, _ in platform.outbox_rows("auth")]
+                assert waiting == [LOGIN_SUCCEEDED] * WAITING
+                time.sleep(5)  # the relay keeps trying; nothing leaves, nothing is lost
+                assert [t for t, _ in platform.outbox_rows("auth")] == waiting
+                assert logins() == 1
+            finally:
+                rabbitmq("start")
 
-                def logins() -> int:
-                    return int(admin.get(f"/api/v1/users/{admin_id}").json()["login_count"])
-
-                eventually(lambda: logins() == 1, 60, "the first login to be counted")
-
-                rabbitmq("stop")
-                try:
-                    # Logging in still works: only the announcement of it has to wait.
-                    for _ in range(WAITING):
-                        platform.login("admin", ADMIN_PASSWORD)
-                    waiting = [t for t, _ in platform.outbox_rows("auth")]
-                    assert waiting == [LOGIN_SUCCEEDED] * WAITING
-                    time.sleep(5)  # the relay keeps trying; nothing leaves, nothing is lost
-                    assert [t for t, _ in platform.outbox_rows("auth")] == waiting
-                    assert logins() == 1
-                finally:
-                    rabbitmq("start")
-
-                eventually(lambda: logins() == 1 + WAITING, 180, "the waiting logins to arrive",
-                           lambda: f"{logins() - 1} arrived; broker queues:\n"
-                           f"{broker_queues(dapr_brokers['rabbitmq'])}")
-                assert platform.outbox_rows("auth") == []
-                time.sleep(5)
-                assert logins() == 1 + WAITING  # delivered once each, never twice
-        finally:
-            platform.stop()
-            platform.drop_databases()
+            eventually(lambda: logins() == 1 + WAITING, 180, "the waiting logins to arrive",
+                       lambda: f"{logins() - 1} arrived; broker queues:\n"
+                       f"{broker_queues(dapr_brokers['rabbitmq'])}")
+            assert platform.outbox_rows("auth") == []
+            time.sleep(5)
+            assert logins() == 1 + WAITING  # delivered once each, never twice
 
     def test_subscriptions_losing_their_connection_leave_publishing_alone(
             self, platform: RunningPlatform, dapr_brokers: dict[str, str]) -> None:
@@ -122,33 +130,21 @@ class TestBrokerOutage:
         close the connection its app publishes through, and what is published meanwhile arrives
         once each."""
         url = dapr_brokers["rabbitmq"]
-        platform.start()
-        try:
-            token = platform.login("admin", ADMIN_PASSWORD)["access_token"]
-            with platform.client(token) as admin:
-                admin_id = admin.get("/api/v1/users/me").json()["id"]
-
-                def logins() -> int:
-                    return int(admin.get(f"/api/v1/users/{admin_id}").json()["login_count"])
-
-                eventually(lambda: logins() == 1, 60, "the first login to be counted")
-                publishing = connections(url, "auth pubsub-publisher")
-                assert len(publishing) == 1, rabbitmqctl("list_connections", "-p", vhost_of(url),
-                                                         "client_properties")
+        with counting_logins(platform) as logins:
+            publishing = connections(url, "auth pubsub-publisher")
+            assert len(publishing) == 1, rabbitmqctl("list_connections", "-p", vhost_of(url),
+                                                     "client_properties")
+            for _ in range(3):
+                eventually(lambda: len(connections(url, "auth pubsub")) == 1, 60,
+                           "auth's subscriptions to be connected")
+                for pid in connections(url, "auth pubsub"):
+                    rabbitmqctl("close_connection", pid, "test: subscriptions reconnect")
                 for _ in range(3):
-                    eventually(lambda: len(connections(url, "auth pubsub")) == 1, 60,
-                               "auth's subscriptions to be connected")
-                    for pid in connections(url, "auth pubsub"):
-                        rabbitmqctl("close_connection", pid, "test: subscriptions reconnect")
-                    for _ in range(3):
-                        platform.login("admin", ADMIN_PASSWORD)
-                assert connections(url, "auth pubsub-publisher") == publishing
+                    platform.login("admin", ADMIN_PASSWORD)
+            assert connections(url, "auth pubsub-publisher") == publishing
 
-                eventually(lambda: logins() == 10, 120, "the logins to arrive",
-                           lambda: f"{logins() - 1} arrived; broker queues:\n{broker_queues(url)}")
-                assert platform.outbox_rows("auth") == []
-                time.sleep(5)
-                assert logins() == 10  # delivered once each, never twice
-        finally:
-            platform.stop()
-            platform.drop_databases()
+            eventually(lambda: logins() == 10, 120, "the logins to arrive",
+                       lambda: f"{logins() - 1} arrived; broker queues:\n{broker_queues(url)}")
+            assert platform.outbox_rows("auth") == []
+            time.sleep(5)
+            assert logins() == 10  # delivered once each, never twice
