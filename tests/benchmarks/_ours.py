@@ -192,12 +192,18 @@ class ConnectorsSide:
         await self.pool.close()
 
 
-def new_pool() -> SshPool:
+# A layer name with this suffix: the same layer with kept shells off (a server session per
+# command, as before they existed), for comparison in the same run.
+SESSION_PER_COMMAND = ", session per command"
+
+
+def new_pool(*, reuse_shells: bool = True) -> SshPool:
     # Idle connections stay for the warm rounds and the memory reading; everything else default.
-    return SshPool(idle_timeout_s=3600)
+    return SshPool(idle_timeout_s=3600, reuse_shells=reuse_shells)
 
 
 def make_side(layer: str, credentials: dict[str, TargetCredential]) -> EngineSide | ConnectorsSide:
-    if layer == "engine":
-        return EngineSide(new_pool(), credentials)
-    return ConnectorsSide(new_pool(), credentials)
+    pool = new_pool(reuse_shells=not layer.endswith(SESSION_PER_COMMAND))
+    if layer.startswith("engine"):
+        return EngineSide(pool, credentials)
+    return ConnectorsSide(pool, credentials)

@@ -4,6 +4,7 @@ ansible-core and parallel-ssh in the same run. Prints Markdown tables with the r
 
     uv run python tests/benchmarks/bench_fanout.py [--targets 100,500] [--layer auto]
         [--concurrency 50] [--extra-concurrency 500] [--warm-rounds 5] [--repeat 1]
+        [--session-per-command]
 
 Needs openssh-server (`bash scripts/services.sh install sshd`) and root (sshd's /run/sshd and the
 fixture's login account). Targets: one 127.0.x.y address each, 16 per sshd process, one port, one
@@ -14,7 +15,9 @@ the pinned one, public-key login, run `uname -a`, collect its output and exit st
 - ours, layer "engine": `Engine.run` (apps/executor) over an SshPool, job concurrency N;
   layer "connectors": SshPool directly under a semaphore of N (used when the engine is missing).
   cold = a new pool (new connections); warm = the same run again over the pooled connections,
-  several rounds, reported as target-commands per second (median round).
+  several rounds, reported as target-commands per second (median round). Pooled connections
+  keep their user's shell open between commands (libs/connectors, "Kept shells");
+  --session-per-command adds each layer again with that off (a server session per command).
   --repeat R runs the whole comparison R times, the order of the phases rotated each time, and
   reports each row's median (its ok/failed columns count target-commands over all rounds).
 - parallel-ssh: ParallelSSHClient(pool_size=N), run_command + join + read every host's output, in
@@ -55,7 +58,7 @@ from functools import partial
 from importlib import metadata
 from typing import Any
 
-from _ours import engine_import_error, make_side, target_credentials
+from _ours import SESSION_PER_COMMAND, engine_import_error, make_side, target_credentials
 from _rivals import ansible_run, ansible_startup, pssh_run, pssh_worker
 from _targets import LoopbackTargets, cpu_ms, loadavg, raise_fd_limit, report
 
@@ -286,6 +289,8 @@ def main() -> None:
     parser.add_argument("--extra-concurrency", default="500", help="ours only; comma-separated, or ''")
     parser.add_argument("--warm-rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=1, help="whole comparisons, order rotated; medians")
+    parser.add_argument("--session-per-command", action="store_true",
+                        help="also measure each layer with kept shells off (a server session per command)")
     args = parser.parse_args()
     args.extra_concurrency = [int(c) for c in args.extra_concurrency.split(",") if c.strip()]
     counts = [int(n) for n in args.targets.split(",")]
@@ -294,6 +299,8 @@ def main() -> None:
         layers = ["connectors"] if engine_error else ["engine"]
     else:
         layers = ["engine", "connectors"] if args.layer == "both" else [args.layer]
+    if args.session_per_command:
+        layers += [layer + SESSION_PER_COMMAND for layer in layers]
     if "engine" in layers and engine_error:
         sys.exit(f"the engine is not available: {engine_error}")
     if engine_error:

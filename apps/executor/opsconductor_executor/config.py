@@ -61,6 +61,9 @@ class Settings(BaseServiceSettings):
     ssh_max_per_host: int = Field(default=4, ge=1, le=64)
     ssh_channels_per_connection: int = Field(default=8, ge=1, le=64)
     ssh_idle_timeout_s: float = Field(default=60.0, gt=0)
+    # Keep the user's shell open on pooled connections between command steps (no new server
+    # session per command); off: an exec session per command, as before.
+    ssh_reuse_shells: bool = True
     # Credential fetch plus connection and login (or a WinRM shell), per target.
     connect_timeout_s: float = Field(default=30.0, gt=0, le=600)
     # For steps without their own timeout; None: no limit.

@@ -36,7 +36,8 @@ def build_engine(settings: Settings) -> Engine:
                            auth_s=settings.connect_timeout_s)
     pool = SshPool(max_per_host=settings.ssh_max_per_host,
                    max_channels_per_connection=settings.ssh_channels_per_connection,
-                   idle_timeout_s=settings.ssh_idle_timeout_s, timeouts=timeouts)
+                   idle_timeout_s=settings.ssh_idle_timeout_s, timeouts=timeouts,
+                   reuse_shells=settings.ssh_reuse_shells)
     return Engine(ssh_pool=pool, settings=EngineSettings(
         output_cap_bytes=settings.output_cap_bytes,
         flush_interval_s=settings.output_flush_interval_s,

@@ -5,7 +5,8 @@ commands, one TCP connection and one login. Each connection carries up to
 `max_channels_per_connection` commands at once (OpenSSH's MaxSessions defaults to 10); a host
 gets at most `max_per_host` connections, whoever they belong to, and further checkouts wait.
 Idle connections close after `idle_timeout_s`; one idle for more than `ping_after_idle_s` is
-checked with a round trip before it is handed out.
+checked with a round trip before it is handed out. With `reuse_shells` a connection keeps its
+user's shell open between commands (see ssh_session._Shell): no new server session per command.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class SshPool:
         checkout_timeout_s: float = 120.0,
         timeouts: SshTimeouts | None = None,
         connector: Connector | None = None,
+        reuse_shells: bool = True,
     ) -> None:
         if max_per_host < 1 or max_channels_per_connection < 1:
             raise ValueError("pool limits must be at least 1")
@@ -82,6 +84,7 @@ class SshPool:
         self.ping_after_idle_s = ping_after_idle_s
         self.ping_timeout_s = ping_timeout_s
         self.checkout_timeout_s = checkout_timeout_s
+        self.reuse_shells = reuse_shells
         self._timeouts = timeouts or SshTimeouts()
         self._connector = connector or self._connect
         self._hosts: dict[HostKey, _Host] = {}
@@ -192,6 +195,7 @@ class SshPool:
     ) -> _Entry:
         try:
             session = await self._connector(target, credential)
+            session.reuse_shells = self.reuse_shells
         except BaseException as exc:
             async with host.cond:
                 host.logins.pop(key, None)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import shlex
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import asyncssh
 
 from opsconductor_connectors._net import elapsed_ms
 from opsconductor_connectors.errors import ConnectorError, Stage, timeout_error
-from opsconductor_connectors.results import CommandResult, UploadResult
+from opsconductor_connectors.results import CommandResult, StreamName, UploadResult
 from opsconductor_connectors.running import (
     DEFAULT_MAX_CAPTURE_BYTES,
     OutputCallback,
@@ -29,6 +30,9 @@ PID_WAIT_S = 30.0
 # this soon after; nobody waits for its output any more.
 ABANDONED_GRACE_S = 0.2
 _PID_LINE_MAX = 64  # "opsc-pid-<12 hex> <pid>"
+# Shells kept open on a connection between commands. Few: each holds one of the server's
+# sessions (OpenSSH's MaxSessions, 10 by default) and a process there.
+MAX_IDLE_SHELLS = 4
 
 
 class SshCommand(RunningCommand):
@@ -40,10 +44,12 @@ class SshCommand(RunningCommand):
     kills that process group through a second channel.
     """
 
-    def __init__(self, session: SshSession, pid_marker: bytes | None, **kwargs: Any) -> None:
+    def __init__(self, session: SshSession, pid_marker: bytes | None, *, pid_pending: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._session = session
         self._channel: asyncssh.SSHClientChannel[bytes] | None = None
+        self._shell: _Shell | None = None  # the kept shell it runs in, if any
         self._exit_status: int | None = None
         self._exit_sig: str | None = None
         self._pid_marker = pid_marker
@@ -51,7 +57,7 @@ class SshCommand(RunningCommand):
         self._mid_line = False  # the head continues a line already shown
         self.remote_pid: int | None = None
         self._pid_settled = asyncio.Event()  # the PID line arrived, or never will
-        if pid_marker is None:
+        if pid_marker is None and not pid_pending:
             self._pid_settled.set()
 
     def _stderr(self, data: bytes) -> None:
@@ -99,6 +105,9 @@ class SshCommand(RunningCommand):
         channel = self._channel
         if channel is None or self.done:
             return
+        if self._shell is not None:
+            # Its process group is the shell's: the shell goes with it, never to be reused.
+            self._shell.retire()
         # OpenSSH refuses signals in root sessions (and logs each refusal); there the group
         # kill of a POSIX shell does the work. Other servers and shells are still asked.
         ssh_signals = not (self._session.username == "root" and self._session.posix_shell)
@@ -169,6 +178,147 @@ class _ChannelHandler(asyncssh.SSHClientSession[bytes]):
         command._finish(command._exit_status, command._exit_sig, error)
 
 
+class _Shell(asyncssh.SSHClientSession[bytes]):
+    """The remote user's shell kept open on one channel; it runs commands one at a time.
+
+    Opening an SSH session makes sshd fork and set up a process for it, which costs more server
+    CPU than most commands do; a kept shell forks only the command itself. Each command runs
+    in a subshell (`cd`, variables and `exit` stay inside it) with standard input from
+    /dev/null, as an exec session with its input closed at once would have it. It inherits one
+    end of a pipe that the shell waits on before it reports the exit code, so, like an exec
+    session whose output is still held open, the command ends only when the processes it
+    started have exited or let go of it, and nothing they print reaches a later command. The
+    exit code and end of output come in a line that holds a random token nobody else can know.
+    Output while no command runs (something that escaped that wait) retires the shell, as
+    does a stop: the stop signals the shell's process group, which is the shell itself.
+    """
+
+    def __init__(self, session: SshSession) -> None:
+        self._session = session
+        self._token = f"\x1eopsc-{secrets.token_hex(12)}"
+        self._marker = self._token.encode()
+        self.channel: asyncssh.SSHClientChannel[bytes] | None = None
+        self.pid: int | None = None
+        self.command: SshCommand | None = None
+        self.retired = False
+        self._held = {"stdout": b"", "stderr": b""}  # may end with the start of a token line
+        self._ended = {"stdout": False, "stderr": False}  # this command's token line came
+        self._exit_code: int | None = None
+        self._exit_status: int | None = None
+        self._exit_sig: str | None = None
+
+    def startup_command(self) -> str:
+        """Report the shell's PID (its process group: sshd starts each session in its own),
+        then become the account's own login shell reading commands from this channel."""
+        return f"printf '{self._printf_token()} pid %s\\n' \"$$\"; exec \"${{SHELL:-/bin/sh}}\""
+
+    def _printf_token(self) -> str:
+        return "\\036" + self._token[1:]
+
+    def wrap(self, command: str) -> bytes:
+        token = self._printf_token()
+        return (
+            f"{{ {{ ( eval {shlex.quote(command)} ) </dev/null; echo \"$?\" >&9; }} 9>&1 1>&3 3>&- | "
+            f"{{ read -r opsc_rc; while read -r opsc_rest; do :; done;"
+            f" printf '{token} rc %s\\n' \"$opsc_rc\"; printf '{token}\\n' >&2; }}; }} 3>&1\n"
+        ).encode()
+
+    def run(self, command: SshCommand, text: str) -> None:
+        assert self.channel is not None and self.command is None
+        self.command = command
+        self._ended = {"stdout": False, "stderr": False}
+        self._exit_code = None
+        command._shell = self
+        command._channel = self.channel
+        self._share_pid()
+        self.channel.write(self.wrap(text))
+
+    def _share_pid(self) -> None:
+        if self.command is not None and self.pid is not None:
+            self.command.remote_pid = self.pid
+            self.command._pid_settled.set()
+
+    def retire(self) -> None:
+        """Never reuse it; it ends when its process group is stopped or the channel closes."""
+        self.retired = True
+        self._session._forget_shell(self)
+
+    def close(self) -> None:
+        self.retire()
+        if self.channel is not None:
+            self.channel.close()
+
+    # --- channel callbacks ----------------------------------------------------------------------
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        stream: StreamName = "stderr" if datatype == asyncssh.EXTENDED_DATA_STDERR else "stdout"
+        buffer = self._held[stream] + data
+        while (at := buffer.find(self._marker)) >= 0:
+            line_end = buffer.find(b"\n", at)
+            if line_end < 0:
+                break
+            self._show(stream, buffer[:at])
+            self._token_line(stream, buffer[at + len(self._marker):line_end].split())
+            buffer = buffer[line_end + 1:]
+        else:
+            at = _partial_marker_at(buffer, self._marker)
+        self._show(stream, buffer[:at])
+        self._held[stream] = buffer[at:]
+        if self.command is not None and all(self._ended.values()):
+            command, self.command = self.command, None
+            command._shell = None
+            command._finish(self._exit_code)
+            self._session._shell_idle(self)
+
+    def _token_line(self, stream: StreamName, words: list[bytes]) -> None:
+        if words[:1] == [b"pid"] and len(words) == 2 and words[1].isdigit():
+            self.pid = int(words[1])
+            self._share_pid()
+        elif stream == "stderr" or words[:1] == [b"rc"]:
+            self._ended[stream] = True
+            if len(words) == 2 and words[1].isdigit():
+                self._exit_code = int(words[1])
+
+    def _show(self, stream: StreamName, data: bytes) -> None:
+        if not data:
+            return
+        if self.command is not None:
+            self.command._feed(stream, data)
+        elif not self.retired:
+            # Something a finished command left behind still writes here: no later command
+            # may show it, so this shell is done.
+            self.close()
+
+    def exit_status_received(self, status: int) -> None:
+        self._exit_status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self._exit_sig = signal
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.retire()
+        command, self.command = self.command, None
+        if command is None:
+            return
+        for stream, held in self._held.items():
+            if held:
+                command._feed(stream, held)  # type: ignore[arg-type]
+        command._flush_stderr()
+        error = None
+        if exc is not None and self._exit_status is None and self._exit_sig is None:
+            error = ConnectorError(Stage.COMMAND, "the connection was lost while the command ran")
+        elif self._exit_status is None and self._exit_sig is None:
+            error = ConnectorError(Stage.COMMAND, "the remote shell ended while the command ran")
+        command._finish(self._exit_status, self._exit_sig, error)
+
+
+def _partial_marker_at(buffer: bytes, marker: bytes) -> int:
+    """Where the start of a token may end `buffer` (held until the rest comes), else its length.
+    The token's first byte occurs nowhere else in it, so only the last such byte can start one."""
+    start = buffer.rfind(marker[:1], max(0, len(buffer) - len(marker) + 1))
+    return start if start >= 0 and marker.startswith(buffer[start:]) else len(buffer)
+
+
 class SshSession:
     """One authenticated connection; many commands may run in it, one channel each."""
 
@@ -186,6 +336,10 @@ class SshSession:
     ) -> None:
         self._conn = conn
         self.posix_shell = posix_shell
+        # Commands without input or environment run in kept shells (see _Shell); the pool
+        # turns this on, a one-off session has nothing to keep them for.
+        self.reuse_shells = False
+        self._idle_shells: list[_Shell] = []
         self._running: weakref.WeakSet[SshCommand] = weakref.WeakSet()
         self._tasks: set[asyncio.Future[Any]] = set()  # kill commands still on their way
         self.host = host
@@ -220,6 +374,9 @@ class SshSession:
         With `stdin`, those bytes are the command's standard input, then end of file (b"" closes
         it at once, so a command that reads it does not wait forever).
         """
+        if self.reuse_shells and self.posix_shell and stdin == b"" and not env:
+            return await self._start_in_shell(
+                command, on_output=on_output, stream=stream, max_capture_bytes=max_capture_bytes)
         marker = None
         if self.posix_shell:
             marker = f"opsc-pid-{secrets.token_hex(6)} ".encode()
@@ -229,9 +386,8 @@ class SshSession:
             self, marker, on_output=on_output, stream=stream, max_capture_bytes=max_capture_bytes
         )
         environment: dict[bytes | str, bytes | str] = {k: v for k, v in (env or {}).items()}
-        opening = asyncio.ensure_future(self._conn.create_session(
-            lambda: _ChannelHandler(running), command, env=environment or (), encoding=None
-        ))
+        opening = asyncio.ensure_future(self._open_channel(
+            lambda: _ChannelHandler(running), command, environment))
         try:
             channel, _ = await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -239,8 +395,7 @@ class SshSession:
             self._keep(asyncio.ensure_future(self._stop_when_started(opening, running)))
             raise
         except (asyncssh.Error, OSError) as exc:
-            reason = exc.reason if isinstance(exc, asyncssh.Error) else type(exc).__name__
-            raise ConnectorError(Stage.COMMAND, f"the command could not be started: {reason}") from None
+            raise _not_started(exc) from None
         self._track(running, channel)
         if stdin is not None:
             with contextlib.suppress(OSError, asyncssh.Error):  # it may already have exited
@@ -248,6 +403,64 @@ class SshSession:
                     channel.write(stdin)
                 channel.write_eof()
         return running
+
+    async def _open_channel(self, factory: Callable[[], asyncssh.SSHClientSession[bytes]],
+                            command: str, env: dict[bytes | str, bytes | str] | None = None) -> Any:
+        try:
+            return await self._conn.create_session(factory, command, env=env or (), encoding=None)
+        except asyncssh.ChannelOpenError:
+            if not self._idle_shells:
+                raise
+        # Refused, likely at the server's session limit: give back the kept shells (their
+        # sessions are free once their channels closed), then try again.
+        closing = [shell.channel for shell in list(self._idle_shells) if shell.channel is not None]
+        for shell in list(self._idle_shells):
+            shell.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await asyncio.gather(*(channel.wait_closed() for channel in closing))
+        return await self._conn.create_session(factory, command, env=env or (), encoding=None)
+
+    async def _start_in_shell(self, command: str, *, on_output: OutputCallback | None,
+                              stream: bool, max_capture_bytes: int) -> SshCommand:
+        running = SshCommand(self, None, pid_pending=True, on_output=on_output, stream=stream,
+                             max_capture_bytes=max_capture_bytes)
+        while self._idle_shells:
+            kept = self._idle_shells.pop()
+            try:
+                kept.run(running, command)
+            except (asyncssh.Error, OSError):  # it ended while idle: the next one, or a new one
+                kept.close()
+                continue
+            self._running.add(running)
+            return running
+        shell = _Shell(self)
+        opening = asyncio.ensure_future(self._open_channel(lambda: shell, shell.startup_command()))
+        try:
+            shell.channel, _ = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # Nothing runs in it yet: close it once it is open.
+            opening.add_done_callback(lambda f: _close_opened(f, shell))
+            raise
+        except (asyncssh.Error, OSError) as exc:
+            raise _not_started(exc) from None
+        try:
+            shell.run(running, command)
+        except (asyncssh.Error, OSError) as exc:
+            shell.close()
+            raise _not_started(exc) from None
+        self._running.add(running)
+        return running
+
+    def _shell_idle(self, shell: _Shell) -> None:
+        if shell.retired or self.closed or len(self._idle_shells) >= MAX_IDLE_SHELLS:
+            shell.close()
+        else:
+            self._idle_shells.append(shell)
+
+    def _forget_shell(self, shell: _Shell) -> None:
+        with contextlib.suppress(ValueError):
+            self._idle_shells.remove(shell)
 
     async def run(
         self,
@@ -258,8 +471,8 @@ class SshSession:
         env: dict[str, str] | None = None,
         grace_s: float = 2.0,
     ) -> CommandResult:
-        """Run to completion; past the timeout the command is killed and TIMEOUT raised."""
-        running = await self.start(command, on_output=on_output, stream=False, env=env)
+        """Run to completion with no input; past the timeout it is killed and TIMEOUT raised."""
+        running = await self.start(command, on_output=on_output, stream=False, env=env, stdin=b"")
         limit = timeout_s if timeout_s is not None else self.default_timeout_s
         return await running.wait(limit, grace_s=grace_s)
 
@@ -327,7 +540,8 @@ class SshSession:
         kill = f"kill -{signal_name} -- -{pid} 2>/dev/null || kill -{signal_name} {pid} 2>/dev/null"
         with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
             async with asyncio.timeout(5.0):
-                await self._conn.run(kill, check=False)
+                channel, _ = await self._open_channel(asyncssh.SSHClientSession, kill)
+                await channel.wait_closed()
 
     async def ping(self, timeout_s: float = 5.0) -> bool:
         """A round trip to the server (OpenSSH's keepalive request); False when it is gone."""
@@ -361,6 +575,17 @@ class SshSession:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _close_opened(opening: asyncio.Future[Any], shell: _Shell) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        shell.channel = opening.result()[0]
+        shell.close()
+
+
+def _not_started(exc: asyncssh.Error | OSError) -> ConnectorError:
+    reason = exc.reason if isinstance(exc, asyncssh.Error) else type(exc).__name__
+    return ConnectorError(Stage.COMMAND, f"the command could not be started: {reason}")
 
 
 async def _blocks(source: bytes | Path) -> AsyncIterator[bytes]:
