@@ -3,6 +3,7 @@
 Markdown table and writes .cache/bench/executor_memory.json. A measurement, not a test.
 
     uv run python tests/benchmarks/bench_executor_memory.py [--connections 1000] [--layer auto]
+        [--session-per-command]
         [--concurrency 50] [--hold 5]
 
 The measured process is a fresh worker per layer (so nothing else lives in it): it imports the
@@ -34,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _ours import engine_import_error, make_side, target_credentials
+from _ours import SESSION_PER_COMMAND, engine_import_error, make_side, target_credentials
 from _targets import LoopbackTargets, loadavg, raise_fd_limit, report, rss_kb, tree_pids
 
 COMMAND = "uname -a"
@@ -98,7 +99,7 @@ async def hold_connections(
 def worker(layer: str, concurrency: int, hold_s: float) -> None:
     raise_fd_limit()
     spec = json.loads(sys.stdin.readline())
-    if layer == "engine":
+    if layer.startswith("engine"):
         import opsconductor_executor.engine  # noqa: F401  (imported before any reading)
     imported = settled_rss()
     result = asyncio.run(hold_connections(layer, spec, concurrency, hold_s))
@@ -185,6 +186,8 @@ def main() -> None:
     parser.add_argument("--layer", choices=["auto", "engine", "connectors", "both"], default="auto")
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--hold", type=float, default=5.0, help="seconds to hold before the last reading")
+    parser.add_argument("--session-per-command", action="store_true",
+                        help="also measure each layer with kept shells off (a server session per command)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -195,6 +198,8 @@ def main() -> None:
         layers = ["connectors"] if engine_error else ["engine"]
     else:
         layers = ["engine", "connectors"] if args.layer == "both" else [args.layer]
+    if args.session_per_command:
+        layers += [layer + SESSION_PER_COMMAND for layer in layers]
     if "engine" in layers and engine_error:
         sys.exit(f"the engine is not available: {engine_error}")
     if engine_error:
