@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
+import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -12,10 +16,17 @@ from opsconductor_connectors import (
     HostKeyPin,
     SshCredential,
     SshPool,
+    SshSession,
     SshTarget,
     Stage,
 )
-from opsconductor_testing.sshd import SshServer, eventually
+from opsconductor_testing.sshd import (
+    SshFactory,
+    SshServer,
+    eventually,
+    process_ids_matching,
+    unique_sleep,
+)
 
 
 def pinned_target(server: SshServer) -> SshTarget:
@@ -191,3 +202,174 @@ class TestCanceledLogin:
 
         assert results == ["ok\n"] * 3
         assert first.cancelled()
+
+
+# --- kept shells --------------------------------------------------------------------------------
+# What must hold is what an exec session per command gives: each command sees a fresh state,
+# its exact output and exit code, nothing printed by an earlier command, and a stop that leaves
+# nothing running. What changes is what the server does: one session, not one per command.
+
+
+@contextlib.asynccontextmanager
+async def pooled(server: SshServer, *, reuse_shells: bool = True) -> AsyncIterator[SshSession]:
+    async with SshPool(reuse_shells=reuse_shells) as pool:
+        async with pool.session(pinned_target(server), key_credential(server)) as session:
+            yield session
+
+
+async def shell_pid(session: SshSession) -> str:
+    # $$ is the shell's PID inside a subshell too.
+    return (await session.run("echo $$")).stdout.strip()
+
+
+class TestOneSessionForManyCommands:
+    async def test_twenty_commands_open_one_server_session(self, sshd: SshServer) -> None:
+        async with pooled(sshd) as session:
+            outputs = [(await session.run(f"echo {n}")).stdout for n in range(20)]
+
+        assert outputs == [f"{n}\n" for n in range(20)]
+        assert sshd.count(r"Starting session: command") == 1, sshd.log_text()
+
+    async def test_without_reuse_every_command_opens_its_own(self, sshd: SshServer) -> None:
+        async with pooled(sshd, reuse_shells=False) as session:
+            for n in range(5):
+                await session.run(f"echo {n}")
+
+        assert sshd.count(r"Starting session: command") == 5
+
+    async def test_a_command_with_input_still_gets_a_session_of_its_own(self, sshd: SshServer) -> None:
+        async with pooled(sshd) as session:
+            await session.run("true")
+            running = await session.start("cat", stdin=b"from stdin")
+            result = await running.wait(10)
+
+        assert result.stdout == "from stdin"
+        assert sshd.count(r"Starting session: command") == 2
+
+
+class TestEachCommandStartsClean:
+    async def test_directory_variables_and_exit_stay_inside_the_command(self, sshd: SshServer) -> None:
+        async with pooled(sshd) as session:
+            first = await session.run("cd /tmp && export OPSC_LEFT=over && OPSC_SET=1 && exit 3")
+            second = await session.run('pwd; echo "${OPSC_LEFT:-unset} ${OPSC_SET:-unset}"')
+            home = (await session.run("cd && pwd")).stdout
+
+        assert first.exit_code == 3
+        assert second.exit_code == 0
+        assert second.stdout == f"{home}unset unset\n"
+
+    async def test_output_is_exact_per_stream_with_or_without_a_last_newline(self, sshd: SshServer) -> None:
+        async with pooled(sshd) as session:
+            bare = await session.run("printf abc; printf err >&2")
+            lines = await session.run("printf 'one\\ntwo\\n'; printf 'e1\\ne2\\n' >&2; exit 7")
+            empty = await session.run("true")
+
+        assert (bare.stdout, bare.stderr, bare.exit_code) == ("abc", "err", 0)
+        assert (lines.stdout, lines.stderr, lines.exit_code) == ("one\ntwo\n", "e1\ne2\n", 7)
+        assert (empty.stdout, empty.stderr, empty.exit_code) == ("", "", 0)
+
+    async def test_text_is_run_as_written_quotes_newlines_and_syntax_errors(self, sshd: SshServer) -> None:
+        tricky = "printf '%s|' \"a b\" 'c'\"'\"'d' `echo e`\ncat <<'EOF'\n$(not run) ) }\nEOF"
+        async with pooled(sshd) as session:
+            result = await session.run(tricky)
+            broken = await session.run("echo 'unclosed")
+            after = await session.run("echo fine")
+
+        assert result.stdout == "a b|c'd|e|$(not run) ) }\n"
+        assert broken.exit_code == 2 and broken.stdout == ""
+        assert after.stdout == "fine\n"
+
+    async def test_output_that_looks_like_the_end_line_is_just_output(self, sshd: SshServer) -> None:
+        async with pooled(sshd) as session:
+            result = await session.run("printf '\\036opsc-0000 rc 0\\n'; printf '\\036'; sleep 0.2; echo x")
+
+        assert result.stdout == "\x1eopsc-0000 rc 0\n\x1ex\n"
+        assert result.exit_code == 0
+
+    async def test_large_output_streams_in_order(self, sshd: SshServer) -> None:
+        async with pooled(sshd) as session:
+            result = await session.run("seq 1 200000")
+
+        assert result.stdout == "".join(f"{n}\n" for n in range(1, 200001))
+
+
+class TestWhatACommandLeavesBehind:
+    async def test_a_background_process_holding_the_output_is_waited_for(self, sshd: SshServer) -> None:
+        async with pooled(sshd) as session:
+            started = time.monotonic()
+            first = await session.run("echo now; (sleep 1; echo later) &")
+            took = time.monotonic() - started
+            second = await session.run("echo next")
+
+        assert first.stdout == "now\nlater\n"
+        assert took >= 1.0
+        assert second.stdout == "next\n"
+
+    async def test_output_after_the_end_never_reaches_the_next_command(self, sshd: SshServer) -> None:
+        # It let go of what the shell waits on but kept the output: it prints once idle.
+        async with pooled(sshd) as session:
+            first_shell = await shell_pid(session)
+            await session.run("(exec 9>&-; sleep 0.3; echo stray) &")
+            await asyncio.sleep(0.8)
+            second = await session.run("echo next; echo $$")
+
+        assert second.stdout.splitlines()[0] == "next"
+        assert "stray" not in second.stdout
+        assert second.stdout.splitlines()[1] != first_shell  # that shell was retired
+
+    async def test_a_shell_that_died_while_idle_is_replaced(self, sshd: SshServer) -> None:
+        async with pooled(sshd) as session:
+            pid = await shell_pid(session)
+            os.kill(int(pid), signal.SIGKILL)  # the test server runs on this host
+            await asyncio.sleep(0.2)
+            result = await session.run("echo alive")
+
+        assert result.stdout == "alive\n"
+
+
+class TestStopping:
+    async def test_timeout_stops_the_command_and_the_next_one_runs(self, sshd: SshServer) -> None:
+        duration = unique_sleep()
+        async with pooled(sshd) as session:
+            before = await shell_pid(session)
+            with pytest.raises(ConnectorError) as raised:
+                await session.run(f"sleep {duration}", timeout_s=1.0, grace_s=0.2)
+            assert await eventually(lambda: not process_ids_matching(f"sleep {duration}"))
+            after = await session.run("echo $$")
+
+        assert raised.value.stage is Stage.TIMEOUT
+        assert after.exit_code == 0 and after.stdout.strip() != before
+
+    async def test_cancel_stops_everything_the_command_started(self, sshd: SshServer) -> None:
+        duration = unique_sleep()
+        async with pooled(sshd) as session:
+            await session.run("true")  # the shell is open and idle
+            running = await session.start(f"sleep {duration} & sleep {duration}; wait", stdin=b"")
+            assert await eventually(lambda: len(process_ids_matching(f"sleep {duration}")) == 2)
+            result = await running.cancel(grace_s=0.5)
+
+            assert result.canceled
+            assert await eventually(lambda: not process_ids_matching(f"sleep {duration}"))
+            assert (await session.run("echo again")).stdout == "again\n"
+
+
+class TestServerSessionLimit:
+    async def test_kept_shells_make_room_when_the_server_refuses_a_session(
+            self, sshd_factory: SshFactory) -> None:
+        # MaxSessions 3: three kept shells fill it; a command with input needs a session of
+        # its own, and the idle shells give theirs back for it.
+        server = sshd_factory(max_sessions=3)
+        target, credential = pinned_target(server), key_credential(server)
+        async with SshPool(max_channels_per_connection=3) as pool:
+            async def one(n: int) -> str:
+                async with pool.session(target, credential) as session:
+                    return (await session.run(f"sleep 0.3; echo {n}")).stdout
+
+            assert await asyncio.gather(*(one(n) for n in range(3))) == ["0\n", "1\n", "2\n"]
+            async with pool.session(target, credential) as session:
+                result = await (await session.start("cat", stdin=b"input")).wait(10)
+                after = await session.run("echo kept")
+
+        assert result.stdout == "input"
+        assert after.stdout == "kept\n"
+        assert server.count(r"no more sessions") >= 1, server.log_text()
