@@ -188,9 +188,11 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
     end of a pipe that the shell waits on before it reports the exit code, so, like an exec
     session whose output is still held open, the command ends only when the processes it
     started have exited or let go of it, and nothing they print reaches a later command. The
-    exit code and end of output come in a line that holds a random token nobody else can know.
-    Output while no command runs (something that escaped that wait) retires the shell, as
-    does a stop: the stop signals the shell's process group, which is the shell itself.
+    exit code and end of output come in a line that holds a random per-shell token, which no
+    output holds by chance. What the shell's start-up prints goes to its first command, as it
+    would in an exec session. Output while no command runs (something that escaped that wait)
+    retires the shell, as does a stop: the stop signals the shell's process group, which is
+    the shell itself.
     """
 
     def __init__(self, session: SshSession) -> None:
@@ -201,6 +203,7 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
         self.pid: int | None = None
         self.command: SshCommand | None = None
         self.retired = False
+        self._early: list[tuple[StreamName, bytes]] | None = []  # before the first command
         self._held = {"stdout": b"", "stderr": b""}  # may end with the start of a token line
         self._ended = {"stdout": False, "stderr": False}  # this command's token line came
         self._exit_code: int | None = None
@@ -231,6 +234,9 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
         command._shell = self
         command._channel = self.channel
         self._share_pid()
+        early, self._early = self._early or [], None
+        for stream, data in early:
+            command._feed(stream, data)
         self.channel.write(self.wrap(text))
 
     def _share_pid(self) -> None:
@@ -265,10 +271,18 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
         self._show(stream, buffer[:at])
         self._held[stream] = buffer[at:]
         if self.command is not None and all(self._ended.values()):
-            command, self.command = self.command, None
-            command._shell = None
-            command._finish(self._exit_code)
-            self._session._shell_idle(self)
+            self._finished(self.command)
+
+    def _finished(self, command: SshCommand) -> None:
+        self.command, command._shell, command._channel = None, None, None
+        if command._paused:
+            # Its reader paused the channel; nothing more comes for it, the next command's
+            # output must flow.
+            command._paused = False
+            if self.channel is not None:
+                self.channel.resume_reading()
+        command._finish(self._exit_code)
+        self._session._shell_idle(self)
 
     def _token_line(self, stream: StreamName, words: list[bytes]) -> None:
         if words[:1] == [b"pid"] and len(words) == 2 and words[1].isdigit():
@@ -284,6 +298,8 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
             return
         if self.command is not None:
             self.command._feed(stream, data)
+        elif self._early is not None:
+            self._early.append((stream, data))
         elif not self.retired:
             # Something a finished command left behind still writes here: no later command
             # may show it, so this shell is done.

@@ -8,6 +8,8 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -291,6 +293,31 @@ class TestEachCommandStartsClean:
             result = await session.run("seq 1 200000")
 
         assert result.stdout == "".join(f"{n}\n" for n in range(1, 200001))
+
+
+class TestShellStartUp:
+    async def test_what_the_start_up_prints_goes_to_the_first_command_only(
+            self, sshd_factory: SshFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        # BASH_ENV: the account's non-interactive bash reads this file as it starts.
+        start_up = tmp_path / "start-up.sh"
+        start_up.write_text("echo from start-up\n")
+        server = sshd_factory(extra_config=[f"SetEnv SHLVL=1 BASH_ENV={start_up}"])
+        opened = SshSession._open_channel
+
+        async def slow_to_resume(self: SshSession, *args: Any, **kwargs: Any) -> Any:
+            # A busy loop: the start-up output is read before the first command is handed over.
+            channel = await opened(self, *args, **kwargs)
+            await asyncio.sleep(0.5)
+            return channel
+
+        monkeypatch.setattr(SshSession, "_open_channel", slow_to_resume)
+        async with pooled(server) as session:
+            first = await session.run("echo one")
+            second = await session.run("echo two")
+
+        assert first.stdout.endswith("one\n") and "from start-up" in first.stdout
+        assert second.stdout == "two\n"
+        assert server.count(r"Starting session: command") == 1
 
 
 class TestWhatACommandLeavesBehind:
