@@ -227,7 +227,9 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
         ).encode()
 
     def run(self, command: SshCommand, text: str) -> None:
+        """Send `text` to run as `command`; raises, with nothing attached, if the shell is gone."""
         assert self.channel is not None and self.command is None
+        self.channel.write(self.wrap(text))  # its output is read by the loop, after this returns
         self.command = command
         self._ended = {"stdout": False, "stderr": False}
         self._exit_code = None
@@ -237,7 +239,6 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
         early, self._early = self._early or [], None
         for stream, data in early:
             command._feed(stream, data)
-        self.channel.write(self.wrap(text))
 
     def _share_pid(self) -> None:
         if self.command is not None and self.pid is not None:

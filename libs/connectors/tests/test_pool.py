@@ -354,6 +354,20 @@ class TestWhatACommandLeavesBehind:
         assert result.stdout == "alive\n"
 
 
+    async def test_a_kept_shell_closing_as_it_is_reused_is_passed_over(self, sshd: SshServer) -> None:
+        # Its channel closed (its end not yet seen by the loop) just as a command comes: the
+        # command must run in a new shell, and the old one's end must not end it.
+        async with pooled(sshd) as session:
+            first = await shell_pid(session)
+            session._idle_shells[-1].channel.close()  # type: ignore[union-attr]
+            result = await session.run("echo $$")
+            await asyncio.sleep(0.2)  # the closed channel's end is delivered meanwhile
+            again = await session.run("echo $$")
+
+        assert result.exit_code == 0 and result.stdout.strip() not in ("", first)
+        assert again.stdout == result.stdout
+
+
 class TestStopping:
     async def test_timeout_stops_the_command_and_the_next_one_runs(self, sshd: SshServer) -> None:
         duration = unique_sleep()
