@@ -12,6 +12,7 @@ Two layers can be measured:
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -195,6 +196,23 @@ class ConnectorsSide:
 # A layer name with this suffix: the same layer with kept shells off (a server session per
 # command, as before they existed), for comparison in the same run.
 SESSION_PER_COMMAND = ", session per command"
+
+
+def chosen_layers(choice: str, engine_error: str | None, *, session_per_command: bool) -> list[str]:
+    """The layers `--layer` asks for ("auto": the engine when it imports, else the connectors
+    layer; "both"), each again with kept shells off if asked; exits if the engine is wanted but
+    missing."""
+    if choice == "auto":
+        layers = ["connectors"] if engine_error else ["engine"]
+    else:
+        layers = ["engine", "connectors"] if choice == "both" else [choice]
+    if "engine" in layers and engine_error:
+        sys.exit(f"the engine is not available: {engine_error}")
+    if engine_error:
+        print(f"note: engine not available ({engine_error}); measuring the connectors layer", flush=True)
+    if session_per_command:
+        layers += [layer + SESSION_PER_COMMAND for layer in layers]
+    return layers
 
 
 def new_pool(*, reuse_shells: bool = True) -> SshPool:

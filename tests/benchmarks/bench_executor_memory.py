@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _ours import SESSION_PER_COMMAND, engine_import_error, make_side, target_credentials
+from _ours import chosen_layers, engine_import_error, make_side, target_credentials
 from _targets import LoopbackTargets, loadavg, raise_fd_limit, report, rss_kb, tree_pids
 
 COMMAND = "uname -a"
@@ -194,16 +194,7 @@ def main() -> None:
         worker(args.worker, args.concurrency, args.hold)
         return
     engine_error = engine_import_error()
-    if args.layer == "auto":
-        layers = ["connectors"] if engine_error else ["engine"]
-    else:
-        layers = ["engine", "connectors"] if args.layer == "both" else [args.layer]
-    if args.session_per_command:
-        layers += [layer + SESSION_PER_COMMAND for layer in layers]
-    if "engine" in layers and engine_error:
-        sys.exit(f"the engine is not available: {engine_error}")
-    if engine_error:
-        print(f"note: engine not available ({engine_error}); measuring the connectors layer", flush=True)
+    layers = chosen_layers(args.layer, engine_error, session_per_command=args.session_per_command)
     raise_fd_limit()
     load_before = loadavg()
     with LoopbackTargets(args.connections) as targets:

@@ -58,7 +58,7 @@ from functools import partial
 from importlib import metadata
 from typing import Any
 
-from _ours import SESSION_PER_COMMAND, engine_import_error, make_side, target_credentials
+from _ours import chosen_layers, engine_import_error, make_side, target_credentials
 from _rivals import ansible_run, ansible_startup, pssh_run, pssh_worker
 from _targets import LoopbackTargets, cpu_ms, loadavg, raise_fd_limit, report
 
@@ -295,16 +295,7 @@ def main() -> None:
     args.extra_concurrency = [int(c) for c in args.extra_concurrency.split(",") if c.strip()]
     counts = [int(n) for n in args.targets.split(",")]
     engine_error = engine_import_error()
-    if args.layer == "auto":
-        layers = ["connectors"] if engine_error else ["engine"]
-    else:
-        layers = ["engine", "connectors"] if args.layer == "both" else [args.layer]
-    if args.session_per_command:
-        layers += [layer + SESSION_PER_COMMAND for layer in layers]
-    if "engine" in layers and engine_error:
-        sys.exit(f"the engine is not available: {engine_error}")
-    if engine_error:
-        print(f"note: engine not available ({engine_error}); measuring the connectors layer", flush=True)
+    layers = chosen_layers(args.layer, engine_error, session_per_command=args.session_per_command)
     fd_limit = raise_fd_limit()
 
     results = []

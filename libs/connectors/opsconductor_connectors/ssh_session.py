@@ -423,34 +423,43 @@ class SshSession:
 
     async def _open_channel(self, factory: Callable[[], asyncssh.SSHClientSession[bytes]],
                             command: str, env: dict[bytes | str, bytes | str] | None = None) -> Any:
-        try:
-            return await self._conn.create_session(factory, command, env=env or (), encoding=None)
-        except asyncssh.ChannelOpenError:
-            if not self._idle_shells:
-                raise
-        # Refused, likely at the server's session limit: give back the kept shells (their
-        # sessions are free once their channels closed), then try again.
-        closing = [shell.channel for shell in list(self._idle_shells) if shell.channel is not None]
-        for shell in list(self._idle_shells):
+        for last_try in (False, True):
+            try:
+                return await self._conn.create_session(factory, command, env=env or (), encoding=None)
+            except asyncssh.ChannelOpenError:
+                if last_try or not self._idle_shells:
+                    raise
+            # Refused, likely at the server's session limit: give back the kept shells.
+            await self._close_idle_shells()
+        raise AssertionError("unreachable")
+
+    async def _close_idle_shells(self) -> None:
+        """Close the idle shells; their server sessions are free once their channels closed."""
+        shells, self._idle_shells = self._idle_shells, []
+        for shell in shells:
             shell.close()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
-                await asyncio.gather(*(channel.wait_closed() for channel in closing))
-        return await self._conn.create_session(factory, command, env=env or (), encoding=None)
+                await asyncio.gather(*(s.channel.wait_closed() for s in shells if s.channel is not None))
 
     async def _start_in_shell(self, command: str, *, on_output: OutputCallback | None,
                               stream: bool, max_capture_bytes: int) -> SshCommand:
         running = SshCommand(self, None, pid_pending=True, on_output=on_output, stream=stream,
                              max_capture_bytes=max_capture_bytes)
-        while self._idle_shells:
-            kept = self._idle_shells.pop()
+        while True:
+            reused = bool(self._idle_shells)
+            shell = self._idle_shells.pop() if reused else await self._open_shell()
             try:
-                kept.run(running, command)
-            except (asyncssh.Error, OSError):  # it ended while idle: the next one, or a new one
-                kept.close()
-                continue
+                shell.run(running, command)
+            except (asyncssh.Error, OSError) as exc:
+                shell.close()
+                if reused:  # it ended while idle: the next one, or a new one
+                    continue
+                raise _not_started(exc) from None
             self._running.add(running)
             return running
+
+    async def _open_shell(self) -> _Shell:
         shell = _Shell(self)
         opening = asyncio.ensure_future(self._open_channel(lambda: shell, shell.startup_command()))
         try:
@@ -461,13 +470,7 @@ class SshSession:
             raise
         except (asyncssh.Error, OSError) as exc:
             raise _not_started(exc) from None
-        try:
-            shell.run(running, command)
-        except (asyncssh.Error, OSError) as exc:
-            shell.close()
-            raise _not_started(exc) from None
-        self._running.add(running)
-        return running
+        return shell
 
     def _shell_idle(self, shell: _Shell) -> None:
         if shell.retired or self.closed or len(self._idle_shells) >= MAX_IDLE_SHELLS:
