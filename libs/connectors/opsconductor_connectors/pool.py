@@ -6,7 +6,8 @@ commands, one TCP connection and one login. Each connection carries up to
 gets at most `max_per_host` connections, whoever they belong to, and further checkouts wait.
 Idle connections close after `idle_timeout_s`; one idle for more than `ping_after_idle_s` is
 checked with a round trip before it is handed out. With `reuse_shells` a connection keeps its
-user's shell open between commands (see ssh_session._Shell): no new server session per command.
+user's shell open between commands from its second on (see ssh_session._Shell): no new server
+session per command.
 """
 
 from __future__ import annotations

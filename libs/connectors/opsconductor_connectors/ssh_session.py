@@ -356,6 +356,10 @@ class SshSession:
         # Commands without input or environment run in kept shells (see _Shell); the pool
         # turns this on, a one-off session has nothing to keep them for.
         self.reuse_shells = False
+        # A connection's first command runs in a session of its own: a kept shell costs the
+        # server more than that session until a second command reuses it, and a cold fan-out
+        # runs one command per connection.
+        self._commands_started = 0
         self._idle_shells: list[_Shell] = []
         self._running: weakref.WeakSet[SshCommand] = weakref.WeakSet()
         self._tasks: set[asyncio.Future[Any]] = set()  # kill commands still on their way
@@ -391,7 +395,9 @@ class SshSession:
         With `stdin`, those bytes are the command's standard input, then end of file (b"" closes
         it at once, so a command that reads it does not wait forever).
         """
-        if self.reuse_shells and self.posix_shell and stdin == b"" and not env:
+        self._commands_started += 1
+        if (self.reuse_shells and self._commands_started > 1 and self.posix_shell
+                and stdin == b"" and not env):
             return await self._start_in_shell(
                 command, on_output=on_output, stream=stream, max_capture_bytes=max_capture_bytes)
         marker = None

@@ -53,7 +53,8 @@ class TestReuse:
         assert outputs == [f"{n}\n" for n in range(10)]
         assert sshd.connections() == 1  # "Connection from ..." lines in sshd's log
         assert sshd.accepted_logins() == 1
-        assert sshd.count(r"Starting session: command") == 1  # one kept shell ran all ten
+        # The first ran in a session of its own; one kept shell ran the other nine.
+        assert sshd.count(r"Starting session: command") == 2
         assert established_while_pooled == 1
         assert (stats.created, stats.reused) == (1, 9)
         assert await eventually(lambda: sshd.established_connections() == 0)
@@ -214,8 +215,11 @@ class TestCanceledLogin:
 
 @contextlib.asynccontextmanager
 async def pooled(server: SshServer, *, reuse_shells: bool = True) -> AsyncIterator[SshSession]:
+    """A pooled session past its first command (which gets a server session of its own), so
+    the commands a test runs in it go to a kept shell."""
     async with SshPool(reuse_shells=reuse_shells) as pool:
         async with pool.session(pinned_target(server), key_credential(server)) as session:
+            await session.run("true")
             yield session
 
 
@@ -230,14 +234,28 @@ class TestOneSessionForManyCommands:
             outputs = [(await session.run(f"echo {n}")).stdout for n in range(20)]
 
         assert outputs == [f"{n}\n" for n in range(20)]
-        assert sshd.count(r"Starting session: command") == 1, sshd.log_text()
+        # The first command's session, then one kept shell for all twenty.
+        assert sshd.count(r"Starting session: command") == 1 + 1, sshd.log_text()
+
+    async def test_a_connection_keeps_a_shell_from_its_second_command_on(self, sshd: SshServer) -> None:
+        # One command per connection (a cold fan-out) gains nothing from a kept shell and
+        # would pay for starting it.
+        async with SshPool() as pool:
+            async with pool.session(pinned_target(sshd), key_credential(sshd)) as session:
+                first = await shell_pid(session)
+                sessions_after_first = sshd.count(r"Starting session: command")
+                second, third = await shell_pid(session), await shell_pid(session)
+
+        assert sessions_after_first == 1
+        assert sshd.count(r"Starting session: command") == 2
+        assert second == third != first
 
     async def test_without_reuse_every_command_opens_its_own(self, sshd: SshServer) -> None:
         async with pooled(sshd, reuse_shells=False) as session:
             for n in range(5):
                 await session.run(f"echo {n}")
 
-        assert sshd.count(r"Starting session: command") == 5
+        assert sshd.count(r"Starting session: command") == 1 + 5
 
     async def test_a_command_with_input_still_gets_a_session_of_its_own(self, sshd: SshServer) -> None:
         async with pooled(sshd) as session:
@@ -246,7 +264,7 @@ class TestOneSessionForManyCommands:
             result = await running.wait(10)
 
         assert result.stdout == "from stdin"
-        assert sshd.count(r"Starting session: command") == 2
+        assert sshd.count(r"Starting session: command") == 1 + 2  # a kept shell, then cat's own
 
 
 class TestEachCommandStartsClean:
@@ -317,7 +335,7 @@ class TestShellStartUp:
 
         assert first.stdout.endswith("one\n") and "from start-up" in first.stdout
         assert second.stdout == "two\n"
-        assert server.count(r"Starting session: command") == 1
+        assert server.count(r"Starting session: command") == 1 + 1
 
 
 class TestWhatACommandLeavesBehind:
@@ -402,6 +420,9 @@ class TestServerSessionLimit:
         server = sshd_factory(max_sessions=3)
         target, credential = pinned_target(server), key_credential(server)
         async with SshPool(max_channels_per_connection=3) as pool:
+            async with pool.session(target, credential) as session:
+                await session.run("true")  # its first command: a session of its own, then closed
+
             async def one(n: int) -> str:
                 async with pool.session(target, credential) as session:
                     return (await session.run(f"sleep 0.3; echo {n}")).stdout
