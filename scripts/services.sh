@@ -22,6 +22,9 @@ PG_PASSWORD=opsc
 REDIS_PORT="${OPSC_REDIS_PORT:-6379}"
 RABBITMQ_PORT="${OPSC_RABBITMQ_PORT:-5672}"
 ALL_SERVICES=(postgres redis rabbitmq sshd)
+# Installed with sshd: the login shells targets' accounts commonly have (bash and dash come with
+# Debian); the SSH tests run commands in each.
+TARGET_LOGIN_SHELLS=(zsh ksh mksh)
 
 usage() {
     sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
@@ -311,7 +314,10 @@ done
 case "$action" in
     install)
         packages=()
-        for s in "${services[@]}"; do packages+=("$(package_of "$s")"); done
+        for s in "${services[@]}"; do
+            packages+=("$(package_of "$s")")
+            if [ "$s" = sshd ]; then packages+=("${TARGET_LOGIN_SHELLS[@]}"); fi
+        done
         apt_install_missing "${packages[@]}"
         ;;
     start | stop | status | env)

@@ -220,8 +220,10 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
 
     def wrap(self, command: str) -> bytes:
         token = self._printf_token()
+        # Each group redirects standard output at most once: zsh (MULTIOS) would copy output
+        # both to the pipe and to fd 3 if one command had both.
         return (
-            f"{{ {{ ( eval {shlex.quote(command)} ) </dev/null; echo \"$?\" >&9; }} 9>&1 1>&3 3>&- | "
+            f"{{ {{ {{ ( eval {shlex.quote(command)} ) </dev/null; echo \"$?\" >&9; }} 1>&3 3>&-; }} 9>&1 | "
             f"{{ read -r opsc_rc; while read -r opsc_rest; do :; done;"
             f" printf '{token} rc %s\\n' \"$opsc_rc\"; printf '{token}\\n' >&2; }}; }} 3>&1\n"
         ).encode()

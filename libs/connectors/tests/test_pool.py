@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ from opsconductor_testing.sshd import (
     process_ids_matching,
     unique_sleep,
 )
+from opsconductor_testing.tiers import missing_dependency
 
 
 def pinned_target(server: SshServer) -> SshTarget:
@@ -384,6 +386,36 @@ class TestWhatACommandLeavesBehind:
 
         assert result.exit_code == 0 and result.stdout.strip() not in ("", first)
         assert again.stdout == result.stdout
+
+
+class TestLoginShells:
+    # The account's own shell runs the commands: the protocol must hold in each common one.
+    @pytest.mark.parametrize("shell", ["bash", "dash", "zsh", "ksh", "mksh"])
+    async def test_each_login_shell_gives_exact_output_exit_codes_and_isolation(
+            self, sshd_factory: SshFactory, shell: str) -> None:
+        path = shutil.which(shell)
+        if path is None:
+            missing_dependency(f"{shell} is not installed; run: scripts/services.sh install sshd")
+        # sshd sets SHELL after the account's; the kept shell is `exec "$SHELL"`.
+        server = sshd_factory(extra_config=[f"SetEnv SHELL={path}"])
+        async with pooled(server) as session:
+            kept_shell = await session.run("readlink /proc/$$/exe")
+            exact = await session.run("printf 'one\\ntwo'; printf err >&2; exit 3")
+            moved = await session.run("cd /tmp && OPSC_SET=1 && exit 4")
+            clean = await session.run('pwd; echo "${OPSC_SET:-unset}"')
+            waited = await session.run("echo now; (sleep 0.5; echo later) &")
+            broken = await session.run("echo 'unclosed")
+            last = await session.run("echo last")
+
+        assert kept_shell.stdout.strip() == os.path.realpath(path)
+        assert (exact.stdout, exact.stderr, exact.exit_code) == ("one\ntwo", "err", 3)
+        assert moved.exit_code == 4
+        assert clean.stdout.splitlines()[1] == "unset" and clean.stdout.splitlines()[0] != "/tmp"
+        assert waited.stdout == "now\nlater\n"
+        assert broken.exit_code not in (0, None)
+        assert (last.stdout, last.exit_code) == ("last\n", 0)
+        # One session for the first command, one kept shell for all the rest.
+        assert server.count(r"Starting session: command") == 1 + 1
 
 
 class TestStopping:
