@@ -33,6 +33,10 @@ _PID_LINE_MAX = 64  # "opsc-pid-<12 hex> <pid>"
 # Shells kept open on a connection between commands. Few: each holds one of the server's
 # sessions (OpenSSH's MaxSessions, 10 by default) and a process there.
 MAX_IDLE_SHELLS = 4
+# After a command's own shell code has exited in a kept shell, what it left running may still
+# print: that output is the command's while it comes with gaps shorter than this. Then the
+# command is done and its shell, still held by them, is closed (they are not stopped).
+LEFTOVER_QUIET_S = 1.0
 
 
 class SshCommand(RunningCommand):
@@ -185,14 +189,16 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
     CPU than most commands do; a kept shell forks only the command itself. Each command runs
     in a subshell (`cd`, variables and `exit` stay inside it) with standard input from
     /dev/null, as an exec session with its input closed at once would have it. It inherits one
-    end of a pipe that the shell waits on before it reports the exit code, so, like an exec
-    session whose output is still held open, the command ends only when the processes it
-    started have exited or let go of it, and nothing they print reaches a later command. The
-    exit code and end of output come in a line that holds a random per-shell token, which no
-    output holds by chance. What the shell's start-up prints goes to its first command, as it
-    would in an exec session. Output while no command runs (something that escaped that wait)
-    retires the shell, as does a stop: the stop signals the shell's process group, which is
-    the shell itself.
+    end of a pipe (fd 9) that the shell watches: when the subshell exits, the shell reports its
+    exit code at once, and it reports the end once every process the command started has
+    exited or let go of the pipe, so nothing they print reaches a later command. Until then
+    their output is the command's, as in an exec session whose output is still held open; but
+    one quiet for LEFTOVER_QUIET_S (a daemon started in the background with its output sent
+    elsewhere, which an exec session would not wait for) ends the command, and the shell it
+    holds is closed. These lines hold a random per-shell token, which no output holds by chance.
+    What the shell's start-up prints goes to its first command, as it would in an exec session.
+    Output while no command runs (something that escaped that wait) retires the shell, as does
+    a stop: the stop signals the shell's process group, which is the shell itself.
     """
 
     def __init__(self, session: SshSession) -> None:
@@ -205,7 +211,9 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
         self.retired = False
         self._early: list[tuple[StreamName, bytes]] | None = []  # before the first command
         self._held = {"stdout": b"", "stderr": b""}  # may end with the start of a token line
-        self._ended = {"stdout": False, "stderr": False}  # this command's token line came
+        self._exited = {"stdout": False, "stderr": False}  # this command's subshell exited
+        self._ended = {"stdout": False, "stderr": False}  # ... and nothing holds the pipe
+        self._quiet_timer: asyncio.TimerHandle | None = None  # for what it left running
         self._exit_code: int | None = None
         self._exit_status: int | None = None
         self._exit_sig: str | None = None
@@ -220,12 +228,14 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
 
     def wrap(self, command: str) -> bytes:
         token = self._printf_token()
-        # Each group redirects standard output at most once: zsh (MULTIOS) would copy output
-        # both to the pipe and to fd 3 if one command had both.
+        # Standard output moves to fd 3 by `exec` in the pipeline's own subshell: redirecting
+        # it on a piped command makes zsh (MULTIOS) copy output to both, and a redirection the
+        # shell saves to undo later leaves a copy of the pipe to what the command starts.
         return (
-            f"{{ {{ {{ ( eval {shlex.quote(command)} ) </dev/null; echo \"$?\" >&9; }} 1>&3 3>&-; }} 9>&1 | "
-            f"{{ read -r opsc_rc; while read -r opsc_rest; do :; done;"
-            f" printf '{token} rc %s\\n' \"$opsc_rc\"; printf '{token}\\n' >&2; }}; }} 3>&1\n"
+            f"{{ {{ exec 1>&3 3>&-; ( eval {shlex.quote(command)} ) </dev/null; echo \"$?\" >&9; }} 9>&1 | "
+            f"{{ read -r opsc_rc; printf '{token} rc %s\\n' \"$opsc_rc\"; printf '{token} rc\\n' >&2;"
+            f" while read -r opsc_rest; do :; done;"
+            f" printf '{token} end\\n'; printf '{token} end\\n' >&2; }}; }} 3>&1\n"
         ).encode()
 
     def run(self, command: SshCommand, text: str) -> None:
@@ -233,6 +243,7 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
         assert self.channel is not None and self.command is None
         self.channel.write(self.wrap(text))  # its output is read by the loop, after this returns
         self.command = command
+        self._exited = {"stdout": False, "stderr": False}
         self._ended = {"stdout": False, "stderr": False}
         self._exit_code = None
         command._shell = self
@@ -273,10 +284,28 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
             at = _partial_marker_at(buffer, self._marker)
         self._show(stream, buffer[:at])
         self._held[stream] = buffer[at:]
-        if self.command is not None and all(self._ended.values()):
+        if self.command is None:
+            return
+        if all(self._ended.values()):
+            self._finished(self.command)
+        elif all(self._exited.values()):
+            self._wait_for_quiet()  # (again): it left something running that holds the pipe
+
+    def _wait_for_quiet(self) -> None:
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
+        self._quiet_timer = asyncio.get_running_loop().call_later(LEFTOVER_QUIET_S, self._quiet)
+
+    def _quiet(self) -> None:
+        self._quiet_timer = None
+        if self.command is not None:
+            self.retire()  # what the command left running still holds it
             self._finished(self.command)
 
     def _finished(self, command: SshCommand) -> None:
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
+            self._quiet_timer = None
         self.command, command._shell, command._channel = None, None, None
         if command._paused:
             # Its reader paused the channel; nothing more comes for it, the next command's
@@ -291,10 +320,12 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
         if words[:1] == [b"pid"] and len(words) == 2 and words[1].isdigit():
             self.pid = int(words[1])
             self._share_pid()
-        elif stream == "stderr" or words[:1] == [b"rc"]:
-            self._ended[stream] = True
+        elif words[:1] == [b"rc"]:
+            self._exited[stream] = True
             if len(words) == 2 and words[1].isdigit():
                 self._exit_code = int(words[1])
+        elif words[:1] == [b"end"]:
+            self._ended[stream] = True
 
     def _show(self, stream: StreamName, data: bytes) -> None:
         if not data:
@@ -316,6 +347,8 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.retire()
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
         command, self.command = self.command, None
         if command is None:
             return
@@ -323,6 +356,9 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
             if held:
                 command._feed(stream, held)  # type: ignore[arg-type]
         command._flush_stderr()
+        if all(self._exited.values()):  # only what it left running was still awaited
+            command._finish(self._exit_code)
+            return
         error = None
         if exc is not None and self._exit_status is None and self._exit_sig is None:
             error = ConnectorError(Stage.COMMAND, "the connection was lost while the command ran")

@@ -23,6 +23,7 @@ from opsconductor_connectors import (
     SshTarget,
     Stage,
 )
+from opsconductor_connectors.ssh_session import LEFTOVER_QUIET_S
 from opsconductor_testing.sshd import (
     SshFactory,
     SshServer,
@@ -342,14 +343,51 @@ class TestShellStartUp:
 
 class TestWhatACommandLeavesBehind:
     async def test_a_background_process_holding_the_output_is_waited_for(self, sshd: SshServer) -> None:
+        # It prints after the command's own shell code exited, with pauses shorter than the
+        # quiet period: all of it is the command's, as in an exec session.
         async with pooled(sshd) as session:
             started = time.monotonic()
-            first = await session.run("echo now; (sleep 1; echo later) &")
+            first = await session.run("echo now; (for n in 1 2 3; do sleep 0.4; echo later$n; done) &")
             took = time.monotonic() - started
             second = await session.run("echo next")
 
-        assert first.stdout == "now\nlater\n"
-        assert took >= 1.0
+        assert first.stdout == "now\nlater1\nlater2\nlater3\n"
+        assert took >= 1.2
+        assert second.stdout == "next\n"
+
+    async def test_a_daemon_with_its_output_elsewhere_is_neither_waited_for_nor_stopped(
+            self, sshd: SshServer) -> None:
+        # A service started in the background: an exec session ends once nothing holds its
+        # output, and leaves the service running.
+        duration = unique_sleep()
+        try:
+            async with pooled(sshd) as session:
+                started = time.monotonic()
+                result = await session.run(
+                    f"echo starting; sleep {duration} >/dev/null 2>&1 & exit 5", timeout_s=10)
+                took = time.monotonic() - started
+                await asyncio.sleep(0.3)
+                left_running = process_ids_matching(f"sleep {duration}")
+                after = await session.run("echo next")
+        finally:
+            for pid in process_ids_matching(f"sleep {duration}"):
+                os.kill(pid, signal.SIGKILL)
+
+        assert (result.stdout, result.exit_code) == ("starting\n", 5)
+        assert took < LEFTOVER_QUIET_S + 2
+        assert left_running
+        assert (after.stdout, after.exit_code) == ("next\n", 0)
+
+    async def test_what_stays_quiet_after_the_command_exited_is_not_waited_for(
+            self, sshd: SshServer) -> None:
+        # The price of not waiting for daemons: a background job silent for longer than the
+        # quiet period is not waited for; what it prints later reaches no command.
+        async with pooled(sshd) as session:
+            first = await session.run(f"echo now; (sleep {LEFTOVER_QUIET_S + 1}; echo late) &")
+            await asyncio.sleep(1.5)
+            second = await session.run("echo next")
+
+        assert (first.stdout, first.exit_code) == ("now\n", 0)
         assert second.stdout == "next\n"
 
     async def test_output_after_the_end_never_reaches_the_next_command(self, sshd: SshServer) -> None:
@@ -406,6 +444,12 @@ class TestLoginShells:
             waited = await session.run("echo now; (sleep 0.5; echo later) &")
             broken = await session.run("echo 'unclosed")
             last = await session.run("echo last")
+            duration = unique_sleep()
+            try:
+                daemon = await session.run(f"sleep {duration} >/dev/null 2>&1 & echo started", timeout_s=10)
+            finally:
+                for pid in process_ids_matching(f"sleep {duration}"):
+                    os.kill(pid, signal.SIGKILL)
 
         assert kept_shell.stdout.strip() == os.path.realpath(path)
         assert (exact.stdout, exact.stderr, exact.exit_code) == ("one\ntwo", "err", 3)
@@ -414,6 +458,7 @@ class TestLoginShells:
         assert waited.stdout == "now\nlater\n"
         assert broken.exit_code not in (0, None)
         assert (last.stdout, last.exit_code) == ("last\n", 0)
+        assert (daemon.stdout, daemon.exit_code) == ("started\n", 0)
         # One session for the first command, one kept shell for all the rest.
         assert server.count(r"Starting session: command") == 1 + 1
 
