@@ -9,8 +9,9 @@ Markdown table and writes .cache/bench/executor_memory.json. A measurement, not 
 The measured process is a fresh worker per layer (so nothing else lives in it): it imports the
 executor's code, builds the credentials, warms up (a 10-target run on a throwaway pool, closed:
 lazily imported modules and crypto tables are loaded once per process, not per connection), reads
-its RSS ("before"), then runs `uname -a` on every target through one pool and keeps the pool open:
-every connection is now logged in, idle and pooled. It reads its RSS again after a garbage
+its RSS ("before"), then runs `uname -a` twice on every target through one pool and keeps the pool
+open: every connection is now logged in, idle and pooled, and holds the kept shell a connection
+starts with its second command (none with --session-per-command). It reads its RSS again after a garbage
 collection ("after") and once more after holding them `--hold` seconds. "per connection" is
 (after - before) / connections.
 - layer "engine": one `Engine.run` of a one-step job over all targets (apps/executor), the
@@ -58,13 +59,19 @@ def settled_rss() -> dict[str, int]:
     return rss_kb()
 
 
+async def pool_in_use(side: Any, concurrency: int) -> Any:
+    """Two rounds: a connection keeps its shell from its second command on."""
+    first = await side.round(concurrency, COMMAND)
+    return first if first.failed else await side.round(concurrency, COMMAND)
+
+
 async def hold_connections(
     layer: str, spec: dict[str, Any], concurrency: int, hold_s: float
 ) -> dict[str, Any]:
     credentials = target_credentials(spec)
     few = dict(list(credentials.items())[:WARM_UP_TARGETS])
     warm = make_side(layer, few)
-    outcome = await warm.round(WARM_UP_TARGETS, COMMAND)
+    outcome = await pool_in_use(warm, WARM_UP_TARGETS)
     await warm.close()
     if outcome.failed:
         raise RuntimeError(f"warm-up failed: {outcome.failures}")
@@ -73,7 +80,7 @@ async def hold_connections(
 
     side = make_side(layer, credentials)
     started = time.monotonic()
-    outcome = await side.round(concurrency, COMMAND)
+    outcome = await pool_in_use(side, concurrency)
     opened_s = time.monotonic() - started
     after = settled_rss()
     objects_after = len(gc.get_objects())
