@@ -145,7 +145,7 @@ class SshCommand(RunningCommand):
         ended = asyncio.ensure_future(self._done.wait())
         killer = None
         if self.remote_pid is not None:
-            killer = asyncio.ensure_future(self._session._kill_process_group(self.remote_pid, signal_name))
+            killer = asyncio.ensure_future(self._session._send_signal(self.remote_pid, signal_name))
         try:
             if killer is not None:
                 await asyncio.wait({killer, ended}, return_when=asyncio.FIRST_COMPLETED)
@@ -231,11 +231,13 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
         # Standard output moves to fd 3 by `exec` in the pipeline's own subshell: redirecting
         # it on a piped command makes zsh (MULTIOS) copy output to both, and a redirection the
         # shell saves to undo later leaves a copy of the pipe to what the command starts.
+        # The reader lets go of the output once it has reported the exit code: if the shell
+        # has to be ended while leftovers hold the pipe, the reader does not keep the session.
         return (
             f"{{ {{ exec 1>&3 3>&-; ( eval {shlex.quote(command)} ) </dev/null; echo \"$?\" >&9; }} 9>&1 | "
-            f"{{ read -r opsc_rc; printf '{token} rc %s\\n' \"$opsc_rc\"; printf '{token} rc\\n' >&2;"
-            f" while read -r opsc_rest; do :; done;"
-            f" printf '{token} end\\n'; printf '{token} end\\n' >&2; }}; }} 3>&1\n"
+            f"( read -r opsc_rc; printf '{token} rc %s\\n' \"$opsc_rc\"; printf '{token} rc\\n' >&2;"
+            f" exec >/dev/null 2>&1; while read -r opsc_rest; do :; done ); }} 3>&1;"
+            f" printf '{token} end\\n'; printf '{token} end\\n' >&2\n"
         ).encode()
 
     def run(self, command: SshCommand, text: str) -> None:
@@ -298,9 +300,15 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
 
     def _quiet(self) -> None:
         self._quiet_timer = None
-        if self.command is not None:
-            self.retire()  # what the command left running still holds it
-            self._finished(self.command)
+        if self.command is None:
+            return
+        self.retire()  # what the command left running still holds it
+        self._finished(self.command)
+        if self.pid is not None:
+            # The shell waits on them; until it ends, sshd keeps its session (MaxSessions).
+            # Only the shell: they, in its process group, go on.
+            session = self._session
+            session._keep(asyncio.ensure_future(session._send_signal(self.pid, "KILL", group=False)))
 
     def _finished(self, command: SshCommand) -> None:
         if self._quiet_timer is not None:
@@ -599,9 +607,12 @@ class SshSession:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _kill_process_group(self, pid: int, signal_name: str) -> None:
-        """Signal a command's process group from a second channel (see SshCommand)."""
-        kill = f"kill -{signal_name} -- -{pid} 2>/dev/null || kill -{signal_name} {pid} 2>/dev/null"
+    async def _send_signal(self, pid: int, signal_name: str, *, group: bool = True) -> None:
+        """Signal a command's process group (or one process) from a second channel (see
+        SshCommand)."""
+        kill = f"kill -{signal_name} {pid} 2>/dev/null"
+        if group:
+            kill = f"kill -{signal_name} -- -{pid} 2>/dev/null || {kill}"
         with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
             async with asyncio.timeout(5.0):
                 channel, _ = await self._open_channel(asyncssh.SSHClientSession, kill)

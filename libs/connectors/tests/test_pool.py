@@ -362,11 +362,12 @@ class TestWhatACommandLeavesBehind:
         duration = unique_sleep()
         try:
             async with pooled(sshd) as session:
+                shell = int(await shell_pid(session))
                 started = time.monotonic()
                 result = await session.run(
                     f"echo starting; sleep {duration} >/dev/null 2>&1 & exit 5", timeout_s=10)
                 took = time.monotonic() - started
-                await asyncio.sleep(0.3)
+                shell_ended = await eventually(lambda: not os.path.exists(f"/proc/{shell}"))
                 left_running = process_ids_matching(f"sleep {duration}")
                 after = await session.run("echo next")
         finally:
@@ -375,8 +376,29 @@ class TestWhatACommandLeavesBehind:
 
         assert (result.stdout, result.exit_code) == ("starting\n", 5)
         assert took < LEFTOVER_QUIET_S + 2
+        assert shell_ended  # the shell it was started from is gone (its server session too)
         assert left_running
         assert (after.stdout, after.exit_code) == ("next\n", 0)
+
+    async def test_daemons_started_one_after_another_leave_no_server_session_behind(
+            self, sshd_factory: SshFactory) -> None:
+        # Each daemon holds the shell it was started from; that shell must still go, or its
+        # server session stays taken (MaxSessions) for as long as the daemon runs.
+        server = sshd_factory(max_sessions=3)
+        duration = unique_sleep()
+        try:
+            async with pooled(server) as session:
+                started = [await session.run(f"sleep {duration} >/dev/null 2>&1 & echo {n}", timeout_s=10)
+                           for n in range(4)]
+                after = await session.run("echo next")
+                daemons = process_ids_matching(f"sleep {duration}")
+        finally:
+            for pid in process_ids_matching(f"sleep {duration}"):
+                os.kill(pid, signal.SIGKILL)
+
+        assert [r.stdout for r in started] == [f"{n}\n" for n in range(4)]
+        assert (after.stdout, after.exit_code) == ("next\n", 0)
+        assert len(daemons) == 4
 
     async def test_what_stays_quiet_after_the_command_exited_is_not_waited_for(
             self, sshd: SshServer) -> None:
@@ -459,8 +481,9 @@ class TestLoginShells:
         assert broken.exit_code not in (0, None)
         assert (last.stdout, last.exit_code) == ("last\n", 0)
         assert (daemon.stdout, daemon.exit_code) == ("started\n", 0)
-        # One session for the first command, one kept shell for all the rest.
-        assert server.count(r"Starting session: command") == 1 + 1
+        # The first command's session, one kept shell for all the rest, and the one that ends
+        # that shell once the daemon (which holds it) had been quiet.
+        assert server.count(r"Starting session: command") == 1 + 1 + 1
 
 
 class TestStopping:
