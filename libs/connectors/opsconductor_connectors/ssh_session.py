@@ -211,7 +211,7 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
         self.retired = False
         self._early: list[tuple[StreamName, bytes]] | None = []  # before the first command
         self._held = {"stdout": b"", "stderr": b""}  # may end with the start of a token line
-        self._exited = {"stdout": False, "stderr": False}  # this command's subshell exited
+        self._exited = False  # this command's subshell exited
         self._ended = {"stdout": False, "stderr": False}  # ... and nothing holds the pipe
         self._quiet_timer: asyncio.TimerHandle | None = None  # for what it left running
         self._exit_code: int | None = None
@@ -231,13 +231,13 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
         # Standard output moves to fd 3 by `exec` in the pipeline's own subshell: redirecting
         # it on a piped command makes zsh (MULTIOS) copy output to both, and a redirection the
         # shell saves to undo later leaves a copy of the pipe to what the command starts.
-        # The reader lets go of the output once it has reported the exit code: if the shell
-        # has to be ended while leftovers hold the pipe, the reader does not keep the session.
+        # The exit code goes out on stderr as the subshell ends, the end on both streams once
+        # nothing holds the pipe: in the usual case all of it within one wake-up of sshd.
         return (
-            f"{{ {{ exec 1>&3 3>&-; ( eval {shlex.quote(command)} ) </dev/null; echo \"$?\" >&9; }} 9>&1 | "
-            f"( read -r opsc_rc; printf '{token} rc %s\\n' \"$opsc_rc\"; printf '{token} rc\\n' >&2;"
-            f" exec >/dev/null 2>&1; while read -r opsc_rest; do :; done ); }} 3>&1;"
-            f" printf '{token} end\\n'; printf '{token} end\\n' >&2\n"
+            f"{{ {{ exec 1>&3 3>&-; ( eval {shlex.quote(command)} ) </dev/null;"
+            f" printf '{token} rc %s\\n' \"$?\" >&2; }} 9>&1 | "
+            f"{{ while read -r opsc_rest; do :; done;"
+            f" printf '{token} end\\n'; printf '{token} end\\n' >&2; }}; }} 3>&1\n"
         ).encode()
 
     def run(self, command: SshCommand, text: str) -> None:
@@ -245,7 +245,7 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
         assert self.channel is not None and self.command is None
         self.channel.write(self.wrap(text))  # its output is read by the loop, after this returns
         self.command = command
-        self._exited = {"stdout": False, "stderr": False}
+        self._exited = False
         self._ended = {"stdout": False, "stderr": False}
         self._exit_code = None
         command._shell = self
@@ -290,7 +290,7 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
             return
         if all(self._ended.values()):
             self._finished(self.command)
-        elif all(self._exited.values()):
+        elif self._exited:
             self._wait_for_quiet()  # (again): it left something running that holds the pipe
 
     def _wait_for_quiet(self) -> None:
@@ -305,8 +305,9 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
         self.retire()  # what the command left running still holds it
         self._finished(self.command)
         if self.pid is not None:
-            # The shell waits on them; until it ends, sshd keeps its session (MaxSessions).
-            # Only the shell: they, in its process group, go on.
+            # The shell waits on them; until it ends, sshd keeps its session (MaxSessions), and
+            # closing the channel does not end it. Only the shell: they, in its process group,
+            # go on.
             session = self._session
             session._keep(asyncio.ensure_future(session._send_signal(self.pid, "KILL", group=False)))
 
@@ -329,7 +330,7 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
             self.pid = int(words[1])
             self._share_pid()
         elif words[:1] == [b"rc"]:
-            self._exited[stream] = True
+            self._exited = True
             if len(words) == 2 and words[1].isdigit():
                 self._exit_code = int(words[1])
         elif words[:1] == [b"end"]:
@@ -364,7 +365,7 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
             if held:
                 command._feed(stream, held)  # type: ignore[arg-type]
         command._flush_stderr()
-        if all(self._exited.values()):  # only what it left running was still awaited
+        if self._exited:  # only what it left running was still awaited
             command._finish(self._exit_code)
             return
         error = None
