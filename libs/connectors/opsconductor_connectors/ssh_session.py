@@ -35,7 +35,7 @@ _PID_LINE_MAX = 64  # "opsc-pid-<12 hex> <pid>"
 MAX_IDLE_SHELLS = 4
 # After a command's own shell code has exited in a kept shell, what it left running may still
 # print: that output is the command's while it comes with gaps shorter than this. Then the
-# command is done and its shell, still held by them, is closed (they are not stopped).
+# command is done and its shell, which waits on them, is ended (they are not stopped).
 LEFTOVER_QUIET_S = 1.0
 
 
@@ -194,8 +194,9 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
     exited or let go of the pipe, so nothing they print reaches a later command. Until then
     their output is the command's, as in an exec session whose output is still held open; but
     one quiet for LEFTOVER_QUIET_S (a daemon started in the background with its output sent
-    elsewhere, which an exec session would not wait for) ends the command, and the shell it
-    holds is closed. These lines hold a random per-shell token, which no output holds by chance.
+    elsewhere, which an exec session would not wait for) ends the command, and the shell that
+    waits on it is ended, alone. These lines hold a random per-shell token, which no output
+    holds by chance.
     What the shell's start-up prints goes to its first command, as it would in an exec session.
     Output while no command runs (something that escaped that wait) retires the shell, as does
     a stop: the stop signals the shell's process group, which is the shell itself.

@@ -8,7 +8,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +226,17 @@ async def pooled(server: SshServer, *, reuse_shells: bool = True) -> AsyncIterat
             yield session
 
 
+@contextlib.contextmanager
+def background_sleep() -> Iterator[str]:
+    """A `sleep` duration for a process a test leaves running; it is killed afterwards."""
+    duration = unique_sleep()
+    try:
+        yield duration
+    finally:
+        for pid in process_ids_matching(f"sleep {duration}"):
+            os.kill(pid, signal.SIGKILL)
+
+
 async def shell_pid(session: SshSession) -> str:
     # $$ is the shell's PID inside a subshell too.
     return (await session.run("echo $$")).stdout.strip()
@@ -359,8 +370,7 @@ class TestWhatACommandLeavesBehind:
             self, sshd: SshServer) -> None:
         # A service started in the background: an exec session ends once nothing holds its
         # output, and leaves the service running.
-        duration = unique_sleep()
-        try:
+        with background_sleep() as duration:
             async with pooled(sshd) as session:
                 shell = int(await shell_pid(session))
                 started = time.monotonic()
@@ -370,9 +380,6 @@ class TestWhatACommandLeavesBehind:
                 shell_ended = await eventually(lambda: not os.path.exists(f"/proc/{shell}"))
                 left_running = process_ids_matching(f"sleep {duration}")
                 after = await session.run("echo next")
-        finally:
-            for pid in process_ids_matching(f"sleep {duration}"):
-                os.kill(pid, signal.SIGKILL)
 
         assert (result.stdout, result.exit_code) == ("starting\n", 5)
         assert took < LEFTOVER_QUIET_S + 2
@@ -385,16 +392,12 @@ class TestWhatACommandLeavesBehind:
         # Each daemon holds the shell it was started from; that shell must still go, or its
         # server session stays taken (MaxSessions) for as long as the daemon runs.
         server = sshd_factory(max_sessions=3)
-        duration = unique_sleep()
-        try:
+        with background_sleep() as duration:
             async with pooled(server) as session:
                 started = [await session.run(f"sleep {duration} >/dev/null 2>&1 & echo {n}", timeout_s=10)
                            for n in range(4)]
                 after = await session.run("echo next")
                 daemons = process_ids_matching(f"sleep {duration}")
-        finally:
-            for pid in process_ids_matching(f"sleep {duration}"):
-                os.kill(pid, signal.SIGKILL)
 
         assert [r.stdout for r in started] == [f"{n}\n" for n in range(4)]
         assert (after.stdout, after.exit_code) == ("next\n", 0)
@@ -466,12 +469,8 @@ class TestLoginShells:
             waited = await session.run("echo now; (sleep 0.5; echo later) &")
             broken = await session.run("echo 'unclosed")
             last = await session.run("echo last")
-            duration = unique_sleep()
-            try:
+            with background_sleep() as duration:
                 daemon = await session.run(f"sleep {duration} >/dev/null 2>&1 & echo started", timeout_s=10)
-            finally:
-                for pid in process_ids_matching(f"sleep {duration}"):
-                    os.kill(pid, signal.SIGKILL)
 
         assert kept_shell.stdout.strip() == os.path.realpath(path)
         assert (exact.stdout, exact.stderr, exact.exit_code) == ("one\ntwo", "err", 3)
