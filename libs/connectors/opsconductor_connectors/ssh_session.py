@@ -33,6 +33,11 @@ _PID_LINE_MAX = 64  # "opsc-pid-<12 hex> <pid>"
 # Shells kept open on a connection between commands. Few: each holds one of the server's
 # sessions (OpenSSH's MaxSessions, 10 by default) and a process there.
 MAX_IDLE_SHELLS = 4
+# sshd frees a session a moment after its channel has closed (once it has reaped the process):
+# a refused session open with no kept shell to give back is tried again every SESSION_RETRY_S
+# for up to SESSION_RETRY_WINDOW_S.
+SESSION_RETRY_S = 0.1
+SESSION_RETRY_WINDOW_S = 2.0
 # After a command's own shell code has exited in a kept shell, what it left running may still
 # print: that output is the command's while it comes with gaps shorter than this. Then the
 # command is done and its shell, which waits on them, is ended (they are not stopped).
@@ -477,15 +482,19 @@ class SshSession:
 
     async def _open_channel(self, factory: Callable[[], asyncssh.SSHClientSession[bytes]],
                             command: str, env: dict[bytes | str, bytes | str] | None = None) -> Any:
-        for last_try in (False, True):
+        deadline = time.monotonic() + SESSION_RETRY_WINDOW_S
+        while True:
             try:
                 return await self._conn.create_session(factory, command, env=env or (), encoding=None)
             except asyncssh.ChannelOpenError:
-                if last_try or not self._idle_shells:
+                if time.monotonic() >= deadline:
                     raise
-            # Refused, likely at the server's session limit: give back the kept shells.
-            await self._close_idle_shells()
-        raise AssertionError("unreachable")
+            # Refused, likely at the server's session limit: give back the kept shells, or
+            # give it time to free a session that has just ended.
+            if self._idle_shells:
+                await self._close_idle_shells()
+            else:
+                await asyncio.sleep(SESSION_RETRY_S)
 
     async def _close_idle_shells(self) -> None:
         """Close the idle shells; their server sessions are free once their channels closed."""

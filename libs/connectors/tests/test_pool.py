@@ -512,6 +512,16 @@ class TestStopping:
 
 
 class TestServerSessionLimit:
+    async def test_a_refused_session_is_tried_again_a_moment_later(self, sshd_factory: SshFactory) -> None:
+        # MaxSessions 1 and two commands at once: the second is refused while the first runs,
+        # and gets the session once the first has ended.
+        server = sshd_factory(max_sessions=1)
+        async with pooled(server, reuse_shells=False) as session:
+            results = await asyncio.gather(*(session.run(f"echo {n}") for n in range(2)))
+
+        assert [r.stdout for r in results] == ["0\n", "1\n"]
+        assert server.count(r"no more sessions") >= 1, server.log_text()
+
     async def test_kept_shells_make_room_when_the_server_refuses_a_session(
             self, sshd_factory: SshFactory) -> None:
         # MaxSessions 3: three kept shells fill it; a command with input needs a session of
