@@ -11,8 +11,8 @@ executor's code, builds the credentials, warms up (a 10-target run on a throwawa
 lazily imported modules and crypto tables are loaded once per process, not per connection), reads
 its RSS ("before"), then runs `uname -a` twice on every target through one pool and keeps the pool
 open: every connection is now logged in, idle and pooled, and holds the kept shell a connection
-starts with its second command (none with --session-per-command). It reads its RSS again after a garbage
-collection ("after") and once more after holding them `--hold` seconds. "per connection" is
+starts with its second command (none with --session-per-command). It reads its RSS again after a
+garbage collection ("after") and once more after holding them `--hold` seconds. "per connection" is
 (after - before) / connections.
 - layer "engine": one `Engine.run` of a one-step job over all targets (apps/executor), the
   connections stay in the SshPool it was given; "connectors": SshPool directly, under the same

@@ -223,6 +223,19 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
         self._exit_code: int | None = None
         self._exit_status: int | None = None
         self._exit_sig: str | None = None
+        # The text around each command (see wrap), built once per shell.
+        # Standard output moves to fd 3 by `exec` in the pipeline's own subshell: redirecting
+        # it on a piped command makes zsh (MULTIOS) copy output to both, and a redirection the
+        # shell saves to undo later leaves a copy of the pipe to what the command starts.
+        # The exit code goes out on stderr as the subshell ends, the end on both streams once
+        # nothing holds the pipe: in the usual case all of it within one wake-up of sshd.
+        token = self._printf_token()
+        self._wrap_head = "{ { exec 1>&3 3>&-; ( eval "
+        self._wrap_tail = (
+            f" ) </dev/null; printf '{token} rc %s\\n' \"$?\" >&2; }} 9>&1 | "
+            f"{{ while read -r opsc_rest; do :; done;"
+            f" printf '{token} end\\n'; printf '{token} end\\n' >&2; }}; }} 3>&1\n"
+        )
 
     def startup_command(self) -> str:
         """Report the shell's PID (its process group: sshd starts each session in its own),
@@ -233,18 +246,7 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
         return "\\036" + self._token[1:]
 
     def wrap(self, command: str) -> bytes:
-        token = self._printf_token()
-        # Standard output moves to fd 3 by `exec` in the pipeline's own subshell: redirecting
-        # it on a piped command makes zsh (MULTIOS) copy output to both, and a redirection the
-        # shell saves to undo later leaves a copy of the pipe to what the command starts.
-        # The exit code goes out on stderr as the subshell ends, the end on both streams once
-        # nothing holds the pipe: in the usual case all of it within one wake-up of sshd.
-        return (
-            f"{{ {{ exec 1>&3 3>&-; ( eval {shlex.quote(command)} ) </dev/null;"
-            f" printf '{token} rc %s\\n' \"$?\" >&2; }} 9>&1 | "
-            f"{{ while read -r opsc_rest; do :; done;"
-            f" printf '{token} end\\n'; printf '{token} end\\n' >&2; }}; }} 3>&1\n"
-        ).encode()
+        return (self._wrap_head + shlex.quote(command) + self._wrap_tail).encode()
 
     def run(self, command: SshCommand, text: str) -> None:
         """Send `text` to run as `command`; raises, with nothing attached, if the shell is gone."""
@@ -300,9 +302,13 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
             self._wait_for_quiet()  # (again): it left something running that holds the pipe
 
     def _wait_for_quiet(self) -> None:
+        self._stop_quiet_timer()
+        self._quiet_timer = asyncio.get_running_loop().call_later(LEFTOVER_QUIET_S, self._quiet)
+
+    def _stop_quiet_timer(self) -> None:
         if self._quiet_timer is not None:
             self._quiet_timer.cancel()
-        self._quiet_timer = asyncio.get_running_loop().call_later(LEFTOVER_QUIET_S, self._quiet)
+            self._quiet_timer = None
 
     def _quiet(self) -> None:
         self._quiet_timer = None
@@ -318,9 +324,7 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
             session._keep(asyncio.ensure_future(session._send_signal(self.pid, "KILL", group=False)))
 
     def _finished(self, command: SshCommand) -> None:
-        if self._quiet_timer is not None:
-            self._quiet_timer.cancel()
-            self._quiet_timer = None
+        self._stop_quiet_timer()
         self.command, command._shell, command._channel = None, None, None
         if command._paused:
             # Its reader paused the channel; nothing more comes for it, the next command's
@@ -362,8 +366,7 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.retire()
-        if self._quiet_timer is not None:
-            self._quiet_timer.cancel()
+        self._stop_quiet_timer()
         command, self.command = self.command, None
         if command is None:
             return
