@@ -96,7 +96,13 @@ bootstrap() {
     if [ -z "${UV_SYSTEM_CERTS:-}" ] && [ -z "${UV_NATIVE_TLS:-}" ]; then
         export UV_SYSTEM_CERTS=true
     fi
-    say "uv sync --all-packages --frozen (in $REPO_ROOT)"
-    (cd "$REPO_ROOT" && uv sync --all-packages --frozen --quiet)
+    # Bytecode is compiled here, not at each start: a process that may not write it (a read-only
+    # install, PYTHONDONTWRITEBYTECODE) otherwise compiles every module it imports each time it
+    # starts, which made `opsconductor up` take about three times as long. uv compiles the
+    # dependencies (a fraction of a second once done); compileall the workspace's own packages.
+    say "uv sync --all-packages --frozen --compile-bytecode (in $REPO_ROOT)"
+    (cd "$REPO_ROOT" && uv sync --all-packages --frozen --quiet --compile-bytecode)
+    (cd "$REPO_ROOT" && .venv/bin/python -m compileall -q -j 0 apps/*/opsconductor_* \
+        libs/*/opsconductor_* >/dev/null) || die "compiling the workspace's packages failed"
     say "environment ready: $REPO_ROOT/.venv"
 }
