@@ -154,10 +154,6 @@ class ServiceDatabase:
             for callback in self._after_commit:
                 callback()
 
-    async def session_dependency(self) -> AsyncIterator[AsyncSession]:
-        async with self.transaction() as session:
-            yield session
-
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))

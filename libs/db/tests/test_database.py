@@ -139,15 +139,6 @@ class TestTransaction:
             notify_on_commit(session)
         assert calls == ["commit"]
 
-    async def test_session_dependency_is_one_transaction(self, db: ServiceDatabase) -> None:
-        dependency = db.session_dependency()
-        session = await anext(dependency)
-        session.add(Note(title="via dependency"))
-        with pytest.raises(StopAsyncIteration):
-            await anext(dependency)
-
-        assert await _titles(db) == ["via dependency"]
-
 
 class TestRequestTransaction:
     async def test_a_write_the_commit_refuses_is_never_answered_as_done(
