@@ -243,6 +243,14 @@ def rss_kb(pid: int | str = "self") -> dict[str, int]:
     return out
 
 
+def machine_busy_ms() -> tuple[float, float]:
+    """(busy ms, elapsed ms x cores) of the whole machine since boot, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) * tick_ms, sum(fields) * tick_ms
+
+
 def loadavg() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 

@@ -60,7 +60,7 @@ from urllib.parse import urlsplit
 
 import asyncssh
 import httpx
-from _targets import RESULTS_DIR, loadavg, tree_cpu_ms, write_result
+from _targets import RESULTS_DIR, loadavg, machine_busy_ms, tree_cpu_ms, write_result
 
 from opsconductor_testing.platform import ADMIN_PASSWORD, RunningPlatform, free_port
 from opsconductor_testing.sshd import SshServer
@@ -192,14 +192,6 @@ def stage_values(samples: list[Sample], start: str, end: str) -> list[float]:
 
 
 # --- CPU of the machine and of the parties ---------------------------------------------------------
-
-def machine_busy_ms() -> tuple[float, float]:
-    """(busy ms, elapsed ms x cores) of the whole machine since boot, from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
-    idle = fields[3] + fields[4]
-    return (sum(fields) - idle) * tick_ms, sum(fields) * tick_ms
-
 
 def self_cpu_ms() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -38,7 +38,13 @@ sshd process of the targets (listeners and all descendants, see _targets.tree_cp
 read while the pooled connections are still open (exact per-process run times); the rivals' after
 their connections closed, so it comes from the kernel's exit accounting, which on this VM reads
 lower than the exact figure (closing our pool "loses" ~10 ms per connection in the same sum). So
-the server column compares rows of one tool, not ours with the rivals'.
+the server column compares rows of one tool, not ours with the rivals'. Machine = the whole
+machine's busy time during the row (/proc/stat): client, targets and anything else running.
+The floor rows: the targets' own work in our cold round (machine less ours) spread over every
+core, as a fraction of Ansible's wall time. The targets share this machine, so no client's cold
+round can be shorter than that here: a floor above 0.2 puts the cold goal out of this harness's
+reach, whatever the client does. The ceiling rows, likewise for warm rounds: the commands per
+second the targets could serve with every core to themselves.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ from typing import Any
 
 from _ours import chosen_layers, engine_import_error, make_side, target_credentials
 from _rivals import ansible_run, ansible_startup, pssh_run, pssh_worker
-from _targets import LoopbackTargets, cpu_ms, loadavg, raise_fd_limit, report
+from _targets import LoopbackTargets, cpu_ms, loadavg, machine_busy_ms, raise_fd_limit, report
 
 COMMAND = "uname -a"
 
@@ -76,9 +82,11 @@ async def our_rows(
         for mode in ["cold"] + ["warm"] * warm_rounds:
             gc.collect()
             server_before, self_before = targets.server_cpu_ms(), cpu_ms(resource.RUSAGE_SELF)
+            machine_before = machine_busy_ms()[0]
             started = time.monotonic()
             outcome = await side.round(concurrency, COMMAND)
             wall = time.monotonic() - started
+            machine = machine_busy_ms()[0] - machine_before
             rows.append(
                 row(
                     f"ours ({layer})",
@@ -90,6 +98,7 @@ async def our_rows(
                     outcome.failures,
                     cpu_ms(resource.RUSAGE_SELF) - self_before,
                     targets.server_cpu_ms() - server_before,
+                    machine,
                 )
             )
     finally:
@@ -108,6 +117,7 @@ def row(
     failures: list[str],
     client_cpu: float,
     server_cpu: float,
+    machine_cpu: float,
 ) -> dict[str, Any]:
     n = targets.count
     return {
@@ -122,6 +132,7 @@ def row(
         "failures": failures[:5],
         "client_cpu_ms_per_target": client_cpu / n,
         "server_cpu_ms_per_target": server_cpu / n,
+        "machine_cpu_ms_per_target": machine_cpu / n,
     }
 
 
@@ -190,8 +201,9 @@ def bench_one(targets: LoopbackTargets, layers: list[str], args: argparse.Namesp
 
 
 def measure_rival(name: str, targets: LoopbackTargets, concurrency: int, run: Any) -> dict[str, Any]:
-    server_before = targets.server_cpu_ms()
+    server_before, machine_before = targets.server_cpu_ms(), machine_busy_ms()[0]
     result = run(targets, concurrency, COMMAND)
+    machine = machine_busy_ms()[0] - machine_before
     left = targets.wait_idle()  # every connection closed: its server CPU is all counted
     server = targets.server_cpu_ms() - server_before
     if left:
@@ -206,6 +218,7 @@ def measure_rival(name: str, targets: LoopbackTargets, concurrency: int, run: An
         result["failures"],
         result["client_cpu_ms"],
         server,
+        machine,
     )
 
 
@@ -223,11 +236,30 @@ def ratios(result: dict[str, Any], concurrency: int) -> dict[str, Any]:
     return out
 
 
+def target_bounds(result: dict[str, Any], concurrency: int) -> dict[str, dict[str, float]]:
+    """What the targets' own work (the machine's busy time less ours) leaves, per row of ours.
+    The targets share this machine, so no client can do better than if they had every core to
+    themselves: cold, that time as a fraction of Ansible's wall time (a floor for the ratio);
+    warm, the target-commands per second they could serve (a ceiling for the rate)."""
+    rows = result["rows"]
+    ansible = next(r for r in rows if r["tool"] == "ansible-core")
+    cores = os.cpu_count() or 1
+    bounds: dict[str, dict[str, float]] = {"cold": {}, "warm": {}}
+    for r in rows:
+        if not r["tool"].startswith("ours") or r["concurrency"] != concurrency:
+            continue
+        targets_ms = max(r["machine_cpu_ms_per_target"] - r["client_cpu_ms_per_target"], 1e-3)
+        bounds[r["mode"]][r["tool"]] = (
+            targets_ms * r["targets"] / cores / 1000 / ansible["wall_s"] if r["mode"] == "cold"
+            else cores * 1000 / targets_ms)
+    return bounds
+
+
 def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         "| targets | tool | mode | conc. | wall s | target-cmds/s | client CPU ms/target"
-        " | server CPU ms/target | ok | failed |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        " | server CPU ms/target | machine CPU ms/target | ok | failed |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         for r in result["rows"]:
@@ -235,7 +267,8 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             lines.append(
                 f"| {r['targets']} | {r['tool']} | {mode} | {r['concurrency']} | {r['wall_s']:.2f} "
                 f"| {r['rate']:.0f} | {r['client_cpu_ms_per_target']:.1f} "
-                f"| {r['server_cpu_ms_per_target']:.1f} | {r['ok']} | {r['failed']} |"
+                f"| {r['server_cpu_ms_per_target']:.1f} | {r['machine_cpu_ms_per_target']:.1f} "
+                f"| {r['ok']} | {r['failed']} |"
             )
     lines += [
         "",
@@ -246,6 +279,16 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         for name, value in result["ratios"].items():
             goal = "≤ 0.2" if name.endswith("ansible-core") else "≤ 1.0"
             lines.append(f"| {result['targets']} | {name} | x{value:.2f} | {goal} |")
+        for tool, floor in result["bounds"]["cold"].items():
+            lines.append(
+                f"| {result['targets']} | floor: the targets' own CPU during {tool} cold, on all"
+                f" {os.cpu_count()} cores at once / ansible-core | x{floor:.2f} | (bounds the above) |"
+            )
+        for tool, ceiling in result["bounds"]["warm"].items():
+            lines.append(
+                f"| {result['targets']} | ceiling: target-cmds/s the targets' own CPU during {tool}"
+                f" warm allows on all {os.cpu_count()} cores | {ceiling:.0f} | (bounds the warm rate) |"
+            )
         for r in result["rows"]:
             if r["tool"].startswith("ours") and r["mode"] == "warm":
                 lines.append(
@@ -304,6 +347,7 @@ def main() -> None:
         with LoopbackTargets(count) as targets:
             result = bench_one(targets, layers, args)
         result["ratios"] = ratios(result, args.concurrency)
+        result["bounds"] = target_bounds(result, args.concurrency)
         results.append(result)
     report(
         "fanout",
