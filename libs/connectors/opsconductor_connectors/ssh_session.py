@@ -191,12 +191,15 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
     """The remote user's shell kept open on one channel; it runs commands one at a time.
 
     Opening an SSH session makes sshd fork and set up a process for it, which costs more server
-    CPU than most commands do; a kept shell forks only the command itself. Each command runs
-    in a subshell (`cd`, variables and `exit` stay inside it) with standard input from
-    /dev/null, as an exec session with its input closed at once would have it. It inherits one
-    end of a pipe (fd 9) that the shell watches: when the subshell exits, the shell reports its
-    exit code at once, and it reports the end once every process the command started has
-    exited or let go of the pipe, so nothing they print reaches a later command. Until then
+    CPU than most commands do; a kept shell forks only the command's subshell. When it opens,
+    the shell makes a pipe it keeps the reading end of (fd 7: a FIFO in a private temporary
+    directory, removed at once and reopened through /proc, so nothing is left on disk); where
+    it cannot (no mkfifo, no /proc), the connection runs its commands in sessions of their own.
+    Each command runs in a subshell (`cd`, variables and `exit` stay inside it) with standard
+    input from /dev/null, as an exec session with its input closed at once would have it. It
+    holds the writing end of that pipe (fd 9): when the subshell exits, the shell reports its
+    exit code at once, then reads the pipe and reports the end once every process the command
+    started has exited or let go of it, so nothing they print reaches a later command. Until then
     their output is the command's, as in an exec session whose output is still held open; but
     one quiet for LEFTOVER_QUIET_S (a daemon started in the background with its output sent
     elsewhere, which an exec session would not wait for) ends the command, and the shell that
@@ -213,6 +216,8 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
         self._marker = self._token.encode()
         self.channel: asyncssh.SSHClientChannel[bytes] | None = None
         self.pid: int | None = None
+        # Whether the shell made its pipe (see setup_line); False if it ended first.
+        self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.command: SshCommand | None = None
         self.retired = False
         self._early: list[tuple[StreamName, bytes]] | None = []  # before the first command
@@ -223,24 +228,35 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
         self._exit_code: int | None = None
         self._exit_status: int | None = None
         self._exit_sig: str | None = None
-        # The text around each command (see wrap), built once per shell.
-        # Standard output moves to fd 3 by `exec` in the pipeline's own subshell: redirecting
-        # it on a piped command makes zsh (MULTIOS) copy output to both, and a redirection the
-        # shell saves to undo later leaves a copy of the pipe to what the command starts.
+        # The text around each command (see wrap), built once per shell. The shell itself reads
+        # the pipe once the subshell has exited: no process but the subshell is forked.
         # The exit code goes out on stderr as the subshell ends, the end on both streams once
         # nothing holds the pipe: in the usual case all of it within one wake-up of sshd.
         token = self._printf_token()
-        self._wrap_head = "{ { exec 1>&3 3>&-; ( eval "
+        self._wrap_head = "( eval "
         self._wrap_tail = (
-            f" ) </dev/null; printf '{token} rc %s\\n' \"$?\" >&2; }} 9>&1 | "
-            f"{{ while read -r opsc_rest; do :; done;"
-            f" printf '{token} end\\n'; printf '{token} end\\n' >&2; }}; }} 3>&1\n"
+            f" ) </dev/null 9>/proc/$$/fd/7 7<&-; printf '{token} rc %s\\n' \"$?\" >&2;"
+            f" while read -r opsc_rest; do :; done <&7;"
+            f" printf '{token} end\\n'; printf '{token} end\\n' >&2\n"
         )
 
     def startup_command(self) -> str:
         """Report the shell's PID (its process group: sshd starts each session in its own),
         then become the account's own login shell reading commands from this channel."""
         return f"printf '{self._printf_token()} pid %s\\n' \"$$\"; exec \"${{SHELL:-/bin/sh}}\""
+
+    def setup_line(self) -> bytes:
+        """The shell's first input: make the pipe and say whether it has it. The FIFO is opened
+        for reading and writing (which never waits), then for reading, then the first is closed:
+        the shell keeps a reading end with no writer. Opened by the shell itself, so it survives
+        whatever the start-up shell would close on exec."""
+        token = self._printf_token()
+        return (
+            'opsc_d=$(mktemp -d 2>/dev/null) && mkfifo "$opsc_d/p" 2>/dev/null'
+            ' && exec 6<>"$opsc_d/p" 7<"$opsc_d/p" 6>&-; [ -n "$opsc_d" ] && rm -rf "$opsc_d";'
+            f" unset opsc_d; if [ -p /proc/$$/fd/7 ]; then printf '{token} pipe\\n';"
+            f" else printf '{token} nopipe\\n'; fi\n"
+        ).encode()
 
     def _printf_token(self) -> str:
         return "\\036" + self._token[1:]
@@ -345,6 +361,8 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
                 self._exit_code = int(words[1])
         elif words[:1] == [b"end"]:
             self._ended[stream] = True
+        elif words in ([b"pipe"], [b"nopipe"]) and not self.ready.done():
+            self.ready.set_result(words == [b"pipe"])
 
     def _show(self, stream: StreamName, data: bytes) -> None:
         if not data:
@@ -367,6 +385,8 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
     def connection_lost(self, exc: Exception | None) -> None:
         self.retire()
         self._stop_quiet_timer()
+        if not self.ready.done():
+            self.ready.set_result(False)
         command, self.command = self.command, None
         if command is None:
             return
@@ -454,8 +474,10 @@ class SshSession:
         self._commands_started += 1
         if (self.reuse_shells and self._commands_started > 1 and self.posix_shell
                 and stdin == b"" and not env):
-            return await self._start_in_shell(
+            in_shell = await self._start_in_shell(
                 command, on_output=on_output, stream=stream, max_capture_bytes=max_capture_bytes)
+            if in_shell is not None:
+                return in_shell
         marker = None
         if self.posix_shell:
             marker = f"opsc-pid-{secrets.token_hex(6)} ".encode()
@@ -509,12 +531,15 @@ class SshSession:
                 await asyncio.gather(*(s.channel.wait_closed() for s in shells if s.channel is not None))
 
     async def _start_in_shell(self, command: str, *, on_output: OutputCallback | None,
-                              stream: bool, max_capture_bytes: int) -> SshCommand:
+                              stream: bool, max_capture_bytes: int) -> SshCommand | None:
+        """The command started in a kept shell; None if this server cannot keep one."""
         running = SshCommand(self, None, pid_pending=True, on_output=on_output, stream=stream,
                              max_capture_bytes=max_capture_bytes)
         while True:
             reused = bool(self._idle_shells)
             shell = self._idle_shells.pop() if reused else await self._open_shell()
+            if shell is None:
+                return None
             try:
                 shell.run(running, command)
             except (asyncssh.Error, OSError) as exc:
@@ -525,7 +550,9 @@ class SshSession:
             self._running.add(running)
             return running
 
-    async def _open_shell(self) -> _Shell:
+    async def _open_shell(self) -> _Shell | None:
+        """A new kept shell with its pipe; None (and no more tries on this connection) if the
+        shell could not make one or ended first."""
         shell = _Shell(self)
         opening = asyncio.ensure_future(self._open_channel(lambda: shell, shell.startup_command()))
         try:
@@ -536,6 +563,21 @@ class SshSession:
             raise
         except (asyncssh.Error, OSError) as exc:
             raise _not_started(exc) from None
+        try:
+            shell.channel.write(shell.setup_line())
+            # Its start-up (the account's shell files) runs first; a shell that never answers is
+            # not kept.
+            async with asyncio.timeout(PID_WAIT_S):
+                ready = await asyncio.shield(shell.ready)
+        except (asyncssh.Error, OSError, TimeoutError):
+            ready = False
+        except asyncio.CancelledError:
+            shell.close()
+            raise
+        if not ready:
+            shell.close()
+            self.reuse_shells = False
+            return None
         return shell
 
     def _shell_idle(self, shell: _Shell) -> None:

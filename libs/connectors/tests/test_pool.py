@@ -237,6 +237,16 @@ def background_sleep() -> Iterator[str]:
             os.kill(pid, signal.SIGKILL)
 
 
+def process_group_members(group: int) -> list[int]:
+    found = []
+    for pid in (name for name in os.listdir("/proc") if name.isdigit()):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            # Field 5 of /proc/<pid>/stat, counted after the command name's closing parenthesis.
+            if int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[2]) == group:
+                found.append(int(pid))
+    return sorted(found)
+
+
 async def shell_pid(session: SshSession) -> str:
     # $$ is the shell's PID inside a subshell too.
     return (await session.run("echo $$")).stdout.strip()
@@ -352,6 +362,37 @@ class TestShellStartUp:
         assert server.count(r"Starting session: command") == 1 + 1
 
 
+    async def test_a_kept_shell_leaves_nothing_in_the_temporary_directory(
+            self, sshd_factory: SshFactory, tmp_path: Path) -> None:
+        # The shell's pipe is a FIFO made in a private directory there, removed at once.
+        temporary = tmp_path / "tmp"
+        temporary.mkdir(mode=0o1777)
+        temporary.chmod(0o1777)
+        server = sshd_factory(extra_config=[f"SetEnv SHLVL=1 TMPDIR={temporary}"])
+        async with pooled(server) as session:
+            seen = (await session.run('echo "$TMPDIR"')).stdout
+            pids = await asyncio.gather(*(shell_pid(session) for _ in range(3)))
+            left_while_open = sorted(os.listdir(temporary))
+
+        assert seen == f"{temporary}\n"
+        assert len(set(pids)) == 3  # three kept shells at once
+        assert server.count(r"Starting session: command") == 1 + 3
+        assert left_while_open == []
+        assert sorted(os.listdir(temporary)) == []
+
+    async def test_where_a_shell_cannot_make_its_pipe_commands_get_sessions_of_their_own(
+            self, sshd_factory: SshFactory) -> None:
+        # No mktemp or mkfifo on the PATH (as on a server without them): nothing may be kept.
+        server = sshd_factory(extra_config=["SetEnv SHLVL=1 PATH=/nonexistent"])
+        async with pooled(server) as session:
+            results = [await session.run(f"echo $$; echo {n} >&2; exit {n}") for n in range(3)]
+
+        assert [(r.stderr, r.exit_code) for r in results] == [(f"{n}\n", n) for n in range(3)]
+        assert len({r.stdout for r in results}) == 3  # not one shell's PID
+        # The warm-up's session, the shell that could not keep its pipe, then one each.
+        assert server.count(r"Starting session: command") == 1 + 1 + 3
+
+
 class TestWhatACommandLeavesBehind:
     async def test_a_background_process_holding_the_output_is_waited_for(self, sshd: SshServer) -> None:
         # It prints after the command's own shell code exited, with pauses shorter than the
@@ -379,12 +420,14 @@ class TestWhatACommandLeavesBehind:
                 took = time.monotonic() - started
                 shell_ended = await eventually(lambda: not os.path.exists(f"/proc/{shell}"))
                 left_running = process_ids_matching(f"sleep {duration}")
+                left_in_its_group = process_group_members(shell)
                 after = await session.run("echo next")
 
         assert (result.stdout, result.exit_code) == ("starting\n", 5)
         assert took < LEFTOVER_QUIET_S + 2
         assert shell_ended  # the shell it was started from is gone (its server session too)
         assert left_running
+        assert left_in_its_group == sorted(left_running)  # the daemon alone: no shell waits for it
         assert (after.stdout, after.exit_code) == ("next\n", 0)
 
     async def test_daemons_started_one_after_another_leave_no_server_session_behind(
