@@ -192,9 +192,9 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
 
     Opening an SSH session makes sshd fork and set up a process for it, which costs more server
     CPU than most commands do; a kept shell forks only the command's subshell. When it opens,
-    the shell makes a pipe it keeps the reading end of (fd 7: a FIFO in a private temporary
-    directory, removed at once and reopened through /proc, so nothing is left on disk); where
-    it cannot (no mkfifo, no /proc), the connection runs its commands in sessions of their own.
+    the shell makes a pipe it keeps the reading end of (fd 7: a FIFO, removed at once and
+    reopened through /proc, so nothing is left on disk); where it cannot (no mkfifo, no
+    /proc), the connection runs its commands in sessions of their own.
     Each command runs in a subshell (`cd`, variables and `exit` stay inside it) with standard
     input from /dev/null, as an exec session with its input closed at once would have it. It
     holds the writing end of that pipe (fd 9): when the subshell exits, the shell reports its
@@ -246,15 +246,16 @@ class _Shell(asyncssh.SSHClientSession[bytes]):
         return f"printf '{self._printf_token()} pid %s\\n' \"$$\"; exec \"${{SHELL:-/bin/sh}}\""
 
     def setup_line(self) -> bytes:
-        """The shell's first input: make the pipe and say whether it has it. The FIFO is opened
-        for reading and writing (which never waits), then for reading, then the first is closed:
-        the shell keeps a reading end with no writer. Opened by the shell itself, so it survives
-        whatever the start-up shell would close on exec."""
+        """The shell's first input: make the pipe and say whether it has it. The FIFO's name is
+        random and mkfifo fails on anything already there (a planted link included); it is
+        opened for reading and writing (which never waits), then for reading, then the first is
+        closed, and removed: the shell keeps a reading end with no writer. Opened by the shell
+        itself, so it survives whatever the start-up shell would close on exec."""
         token = self._printf_token()
+        fifo = f'"${{TMPDIR:-/tmp}}/opsc-{secrets.token_hex(12)}"'
         return (
-            'opsc_d=$(mktemp -d 2>/dev/null) && mkfifo "$opsc_d/p" 2>/dev/null'
-            ' && exec 6<>"$opsc_d/p" 7<"$opsc_d/p" 6>&-; [ -n "$opsc_d" ] && rm -rf "$opsc_d";'
-            f" unset opsc_d; if [ -p /proc/$$/fd/7 ]; then printf '{token} pipe\\n';"
+            f"mkfifo -m 600 {fifo} 2>/dev/null && {{ exec 6<>{fifo} 7<{fifo} 6>&-; rm -f {fifo}; }};"
+            f" if [ -p /proc/$$/fd/7 ]; then printf '{token} pipe\\n';"
             f" else printf '{token} nopipe\\n'; fi\n"
         ).encode()
 

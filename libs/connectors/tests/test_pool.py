@@ -364,7 +364,7 @@ class TestShellStartUp:
 
     async def test_a_kept_shell_leaves_nothing_in_the_temporary_directory(
             self, sshd_factory: SshFactory, tmp_path: Path) -> None:
-        # The shell's pipe is a FIFO made in a private directory there, removed at once.
+        # The shell's pipe is a FIFO made there, removed at once.
         temporary = tmp_path / "tmp"
         temporary.mkdir(mode=0o1777)
         temporary.chmod(0o1777)
@@ -382,7 +382,7 @@ class TestShellStartUp:
 
     async def test_where_a_shell_cannot_make_its_pipe_commands_get_sessions_of_their_own(
             self, sshd_factory: SshFactory) -> None:
-        # No mktemp or mkfifo on the PATH (as on a server without them): nothing may be kept.
+        # No mkfifo on the PATH (as on a server without it): no shell may be kept.
         server = sshd_factory(extra_config=["SetEnv SHLVL=1 PATH=/nonexistent"])
         async with pooled(server) as session:
             results = [await session.run(f"echo $$; echo {n} >&2; exit {n}") for n in range(3)]
