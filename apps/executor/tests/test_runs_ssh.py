@@ -5,6 +5,8 @@ replica killed mid-run and another taking over; retry-failed; secrets masked and
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -119,12 +121,25 @@ class TestRun:
         async with make_world(engine="real") as world:
             steps = [{"name": "use", "kind": "command",
                       "command": f"printf %s {{{{ password }}}} > {marker}; "
-                                 "echo pw={{ password }}"}]
+                                 "echo pw={{ password }}; sleep 1; :"}]
             body = body_for(world, sshd, ["a"], steps,
                             parameters=[{"name": "password", "type": "secret"}],
                             secret_values={"password": SECRET})
+            on_command_lines: list[int] = []
+
+            async def watch_command_lines() -> None:  # every account on the target sees them
+                while True:
+                    on_command_lines.extend(process_ids_matching(SECRET))
+                    await asyncio.sleep(0.05)
+
+            watcher = asyncio.create_task(watch_command_lines())
             execution_id = await world.submit(body)
-            assert (await world.wait_final(execution_id, timeout_s=60))["status"] == "succeeded"
+            final = await world.wait_final(execution_id, timeout_s=60)
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            assert final["status"] == "succeeded"
+            assert on_command_lines == []
             assert marker.read_text() == SECRET  # the command got the real value
             text = await output_of(world, execution_id, body["targets"][0]["target_id"])
             assert text == "pw=****\n"

@@ -44,6 +44,14 @@ SESSION_RETRY_WINDOW_S = 2.0
 LEFTOVER_QUIET_S = 1.0
 
 
+# Reads the whole command text from standard input with builtins only (no process to fork),
+# then runs it as `sh -c` would; the input is at its end by then, as `stdin=b""` promises.
+_READ_AND_RUN = (
+    'opsc_text=; while IFS= read -r opsc_line; do opsc_text="$opsc_text$opsc_line\n"; done;'
+    ' eval "$opsc_text$opsc_line"'
+)
+
+
 class SshCommand(RunningCommand):
     """A command running in its own SSH channel.
 
@@ -482,8 +490,15 @@ class SshSession:
         marker = None
         if self.posix_shell:
             marker = f"opsc-pid-{secrets.token_hex(6)} ".encode()
-            # The command keeps a line of its own, so the shell parses it exactly as given.
-            command = f"printf '%s%s\\n' '{marker.decode()}' \"$$\" >&2\n{command}"
+            pid_line = f"printf '%s%s\\n' '{marker.decode()}' \"$$\" >&2\n"
+            if stdin == b"":
+                # Without input of its own, the text goes in as input, read and run by the shell
+                # itself: a command line is there for every account on the server to see (ps),
+                # and the text may hold secret parameter values.
+                command, stdin = pid_line + _READ_AND_RUN, command.encode()
+            else:
+                # The command keeps a line of its own, so the shell parses it exactly as given.
+                command = pid_line + command
         running = SshCommand(
             self, marker, on_output=on_output, stream=stream, max_capture_bytes=max_capture_bytes
         )

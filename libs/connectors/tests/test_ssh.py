@@ -412,6 +412,21 @@ class TestCommands:
             result = await session.run(f"echo {token} | wc -c")
         assert result.stdout.strip() == str(len(token) + 1)
 
+    async def test_command_text_is_never_on_a_server_command_line(self, sshd: SshServer) -> None:
+        # Any account on the server can read command lines (ps); the text may hold secret
+        # parameter values, so it travels as input.
+        token = "param-secret-5d0e9b41ac"
+        async with await connect_ssh(pinned_target(sshd), key_credential(sshd)) as session:
+            running = await session.start(f"echo {token}; sleep 1; echo done", stdin=b"")
+            seen_while_running = []
+            for _ in range(5):
+                seen_while_running += process_ids_matching(token)
+                await asyncio.sleep(0.1)
+            result = await running.wait(10)
+
+        assert (result.stdout, result.exit_code) == (f"{token}\ndone\n", 0)
+        assert seen_while_running == []
+
     async def test_pid_line_is_not_shown_and_stderr_is_intact(self, sshd: SshServer) -> None:
         async with await connect_ssh(pinned_target(sshd), key_credential(sshd)) as session:
             result = await session.run("echo only-this >&2")
