@@ -417,7 +417,8 @@ class _TargetRun:
         ex = self.ex
         try:
             try:
-                steps = render_steps(ex.run_request.steps, ex.values, self.plan.protocol)
+                steps = render_steps(ex.run_request.steps, ex.values, self.plan.protocol,
+                                     ex.run_request.secret_values.keys())
             except MissingParameter as exc:
                 return self._failed(str(exc), first_step)
             prefetched, self.credential = self.credential, None

@@ -23,7 +23,7 @@ import base64
 import secrets
 import shlex
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Collection, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import PureWindowsPath
@@ -49,6 +49,7 @@ from opsconductor_contracts.jobspec import (
     RunRequest,
     StepSpec,
     as_text,
+    placeholders,
     powershell_quote,
     quote_for,
     render,
@@ -76,6 +77,7 @@ class RenderedStep:
     timeout_s: float | None
     continue_on_error: bool
     text: str = ""  # command or script, parameters quoted in
+    private: bool = False  # the text holds a secret parameter's value
     interpreter: str | None = None
     content: bytes = b""  # upload
     destination: str = ""
@@ -100,7 +102,8 @@ def _render_plain(template: str, values: Mapping[str, ParameterValue]) -> str:
 
 
 def render_steps(
-    steps: list[StepSpec], values: Mapping[str, ParameterValue], protocol: TargetProtocol
+    steps: list[StepSpec], values: Mapping[str, ParameterValue], protocol: TargetProtocol,
+    secret_names: Collection[str] = (),
 ) -> list[RenderedStep]:
     quote = quote_for(protocol)
     out: list[RenderedStep] = []
@@ -127,6 +130,7 @@ def render_steps(
                     RenderedStep(
                         **common,
                         text=render(source or "", values, quote),
+                        private=not placeholders(source or "").isdisjoint(secret_names),
                         interpreter=step.interpreter,
                     )
                 )
@@ -160,12 +164,13 @@ def ssh_interpreter_command(interpreter: str | None) -> str:
 class SshAction:
     command: str
     stdin: bytes
+    private: bool = False  # send the command as input: never on the target's command lines
 
 
 def ssh_action(step: RenderedStep) -> SshAction:
     if step.kind == "script":
         return SshAction(ssh_interpreter_command(step.interpreter), step.text.encode())
-    return SshAction(step.text, b"")
+    return SshAction(step.text, b"", private=step.private)
 
 
 # --- WinRM -------------------------------------------------------------------------------------
@@ -337,7 +342,8 @@ class SshTransport:
         # watches); only a server that never answers ends it.
         try:
             async with asyncio.timeout(limit):
-                running = await self.session.start(action.command, stdin=action.stdin, max_capture_bytes=0)
+                running = await self.session.start(action.command, stdin=action.stdin,
+                                                   private=action.private, max_capture_bytes=0)
         except TimeoutError:
             raise StepTimedOut from None
         return await self.runner.follow(target_id, running, limit)

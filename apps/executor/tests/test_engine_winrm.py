@@ -25,8 +25,10 @@ from opsconductor_contracts.jobspec import RunRequest, RunTarget, StepSpec, powe
 from opsconductor_executor.engine import Engine, EngineChunk, EngineSettings, TargetOutcome, TargetPlan
 from opsconductor_executor.steps import (
     RenderedStep,
+    SshAction,
     decode_powershell,
     render_steps,
+    ssh_action,
     ssh_interpreter_command,
     winrm_action,
 )
@@ -243,3 +245,15 @@ class TestSshInterpreters:
     )
     def test_reads_the_script_from_stdin(self, interpreter: str | None, expected: str) -> None:
         assert ssh_interpreter_command(interpreter) == expected
+
+    def test_only_a_command_using_a_secret_is_sent_as_input(self) -> None:
+        specs = [StepSpec(name="plain", kind="command", command="echo {{ user }}"),
+                 StepSpec(name="secret", kind="command", command="login {{ user }} {{ pw }}"),
+                 StepSpec(name="script", kind="script", script="echo {{ pw }}")]
+        plain, secret, script = render_steps(specs, {"user": "ann", "pw": "s3cret"}, "ssh",
+                                             secret_names={"pw"})
+
+        assert ssh_action(plain) == SshAction("echo ann", b"", private=False)
+        assert ssh_action(secret) == SshAction("login ann s3cret", b"", private=True)
+        # A script is input already; its command line names the interpreter alone.
+        assert ssh_action(script) == SshAction("/bin/sh -s", b"echo s3cret")

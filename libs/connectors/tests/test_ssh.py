@@ -412,12 +412,14 @@ class TestCommands:
             result = await session.run(f"echo {token} | wc -c")
         assert result.stdout.strip() == str(len(token) + 1)
 
-    async def test_command_text_is_never_on_a_server_command_line(self, sshd: SshServer) -> None:
-        # Any account on the server can read command lines (ps); the text may hold secret
-        # parameter values, so it travels as input.
+    async def test_private_command_text_is_never_on_a_server_command_line(
+            self, sshd: SshServer) -> None:
+        # Any account on the server can read command lines (ps), and this text holds a secret:
+        # it travels as input.
         token = "param-secret-5d0e9b41ac"
         async with await connect_ssh(pinned_target(sshd), key_credential(sshd)) as session:
-            running = await session.start(f"echo {token}; sleep 1; echo done", stdin=b"")
+            running = await session.start(f"echo {token}; sleep 1; echo done", stdin=b"",
+                                          private=True)
             seen_while_running = []
             for _ in range(5):
                 seen_while_running += process_ids_matching(token)
