@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -76,6 +77,30 @@ class TestPortRace:
         assert len(retries) == 1, [r.getMessage() for r in caplog.records]
         # daprd says which server could not listen (the port number is in its debug log only).
         assert "could not listen" in retries[0].__dict__["reason"]
+
+    async def test_a_sidecar_waits_while_another_holds_the_name_registry(
+            self, dapr_run: MakeRun) -> None:
+        # Every sidecar checks the registry's migrations as it starts, in a write transaction;
+        # when they all start together, one holds it while the others wait their turn. One that
+        # gave up stayed up, unregistered: no other sidecar could call its app.
+        run = await dapr_run()  # its first sidecar has made the registry
+        assert run.files is not None
+        registry = sqlite3.connect(run.files.name_resolution_db, isolation_level=None)
+        try:
+            registry.execute("BEGIN EXCLUSIVE")
+            release = asyncio.get_running_loop().call_later(2.0, registry.execute, "ROLLBACK")
+            sidecar = await run.start_sidecar("users")
+            await run.wait_healthy(sidecar)
+            release.cancel()
+            registered = False
+            deadline = time.monotonic() + 10
+            while not registered and time.monotonic() < deadline:
+                registered = registry.execute(
+                    "SELECT count(*) FROM hosts WHERE app_id = 'users'").fetchone()[0] > 0
+                await asyncio.sleep(0.2)
+        finally:
+            registry.close()
+        assert registered, sidecar.child.last_error
 
     async def test_sentry_whose_port_was_taken_starts_on_another(self,
                                                                  dapr_run: MakeRun) -> None:
