@@ -28,6 +28,7 @@ from opsconductor_testing.sshd import (
     SshFactory,
     SshServer,
     eventually,
+    process_group_members,
     process_ids_matching,
     unique_sleep,
 )
@@ -237,16 +238,6 @@ def background_sleep() -> Iterator[str]:
             os.kill(pid, signal.SIGKILL)
 
 
-def process_group_members(group: int) -> list[int]:
-    found = []
-    for pid in (name for name in os.listdir("/proc") if name.isdigit()):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            # Field 5 of /proc/<pid>/stat, counted after the command name's closing parenthesis.
-            if int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[2]) == group:
-                found.append(int(pid))
-    return sorted(found)
-
-
 async def shell_pid(session: SshSession) -> str:
     # $$ is the shell's PID inside a subshell too.
     return (await session.run("echo $$")).stdout.strip()
@@ -360,7 +351,6 @@ class TestShellStartUp:
         assert first.stdout.endswith("one\n") and "from start-up" in first.stdout
         assert second.stdout == "two\n"
         assert server.count(r"Starting session: command") == 1 + 1
-
 
     async def test_a_kept_shell_leaves_nothing_in_the_temporary_directory(
             self, sshd_factory: SshFactory, tmp_path: Path) -> None:

@@ -85,16 +85,29 @@ def loopback_addresses(count: int) -> list[str]:
     return [f"127.0.{n // 254}.{n % 254 + 1}" for n in range(count)]
 
 
-def process_ids_matching(text: str) -> list[int]:
-    """Local processes whose command line contains `text` (the test sshd runs on this host)."""
+def _processes_where(test: Callable[[str], bool]) -> list[int]:
+    """Local processes (ascending) for which `test(pid)` holds; one that exits meanwhile is not."""
     found = []
     # os.listdir, not Path.glob: glob stats each entry, and a process that exits meanwhile
     # makes it raise outside any handler here.
     for pid in (name for name in os.listdir("/proc") if name.isdigit()):
-        with contextlib.suppress(OSError):
-            if text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" "):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if test(pid):
                 found.append(int(pid))
-    return found
+    return sorted(found)
+
+
+def process_ids_matching(text: str) -> list[int]:
+    """Local processes whose command line contains `text` (the test sshd runs on this host)."""
+    return _processes_where(
+        lambda pid: text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" "))
+
+
+def process_group_members(group: int) -> list[int]:
+    """Local processes in process group `group` (field 5 of /proc/<pid>/stat, counted after
+    the command name's closing parenthesis)."""
+    return _processes_where(
+        lambda pid: int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[2]) == group)
 
 
 def unique_sleep() -> str:
